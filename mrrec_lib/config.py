@@ -1,0 +1,246 @@
+"""The one typed configuration of a run.
+
+Every knob of every stage lives here with its default; `params/*.yaml` files are
+flat deltas over these defaults, merged in order (the papermill `-f` semantics).
+An unknown key is an error naming the key, because papermill itself only warns
+and a misspelled ablation knob would otherwise silently run the baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot become a valid config."""
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- run -------------------------------------------------------------
+    run_name: str = "default"
+    outputs_dir: str = "outputs"
+    cache_dir: str = "~/.cache/mrrec"
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0  # 0: leave torch's default
+
+    # ---- data (stage 01) ------------------------------------------------------
+    sources: list[str] = ["agenticshop", "amazon2023_reviews"]
+    shared_data_dir: str = "../shared/data"
+    agenticshop_files: list[str] = ["agenticshop/Grocery_and_Gourmet_Food.json"]
+    amazon2023_reviews_files: list[str] = ["amazon2023_beauty/test.jsonl"]
+    amazon2023_reviews_category: str = "All Beauty"
+    amazon2023_titles_files: list[str] = [
+        "amazon2023_beauty/inst_test.parquet",
+        "amazon2023_beauty/inst_val.parquet",
+    ]
+    amazon_c4_repo: str = "McAuley-Lab/Amazon-C4"
+    amazon_reviews_repo: str = "McAuley-Lab/Amazon-Reviews-2023"
+    amazon_c4_queries_path: str = ""  # local override of test.csv / test.json
+    amazon_c4_items_path: str = ""  # local override of sampled_item_metadata_1M.jsonl
+    amazon_reviews_dir: str = ""  # local dir with <Category>.jsonl and meta_<Category>.jsonl
+    amazon_c4_categories: list[str] = []  # empty: every category present
+    max_users: int = 0  # 0: all users
+    max_queries: int = 0  # 0: all queries
+    min_history: int = 3
+    min_target_rating: float = 4.0
+    extra_queries_per_user: int = 2
+    split_ratios: list[float] = [0.6, 0.2, 0.2]
+    query_builder: Literal["extractive", "llm"] = "extractive"
+    simplify_queries: bool = True
+    review_trim_chars: int = 300
+
+    # ---- auxiliary LLM (memory building, query writing, zero-shot baselines) --
+    llm_backend: Literal["local", "openai"] = "local"
+    llm_model: str = "smollm2-135m-instruct"
+    llm_base_url: str = ""
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_batch_size: int = 8
+    llm_max_new_tokens: int = 256
+    llm_temperature: float = 0.0
+    llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    llm_request_timeout: float = 120.0
+
+    # ---- retrieval ----------------------------------------------------------------
+    encoder_model: str = "all-MiniLM-L6-v2"
+    encoder_query_instruction: str = ""
+    encoder_batch_size: int = 64
+    encoder_max_length: int = 256
+    item_retriever: Literal["dense", "bm25"] = "dense"
+    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    ivf_nlist: int = 4096
+    ivf_nprobe: int = 64
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 256
+    index_use_gpu: bool = False
+
+    # ---- memory (stage 02) ------------------------------------------------------------
+    memory_builder: Literal["extractive", "llm"] = "extractive"
+    memory_retriever: Literal["dense", "bm25"] = "dense"
+    local_memory: bool = True
+    global_memory: bool = True
+    memory_levels: list[str] = ["record", "pattern", "profile"]
+    memory_top_k: int = 3
+    memory_chunk_chars: int = 240
+    global_num_negatives: int = 5
+    global_queries_per_category: int = 50
+    global_top_k: int = 6
+    price_per_m_input_tokens: float = 0.15  # GPT-4o-mini, the paper's memory LLM
+    price_per_m_output_tokens: float = 0.60
+
+    # ---- policy rollout and reward ------------------------------------------------
+    policy_model: str = "smollm2-135m-instruct"
+    policy_uses_memory: bool = True
+    max_tool_calls: int = 3
+    max_new_tokens_total: int = 768
+    max_new_tokens_per_turn: int = 256
+    rollout_temperature: float = 1.0
+    rollout_top_p: float = 1.0
+    rollout_batch_size: int = 8
+    reward_format_weight: float = 0.1
+    reward_retrieval_weight: float = 5.0
+    reward_memory_weight: float = 0.1
+    malformed_retrieval: Literal["zero", "raw_text"] = "zero"
+
+    # ---- SFT warm-up (stage 03) -------------------------------------------------------
+    sft_enabled: bool = True
+    sft_teacher: Literal["scripted", "rejection", "llm"] = "scripted"
+    sft_rejection_samples: int = 4
+    sft_reward_threshold: float = 0.0
+    sft_epochs: float = 2.0
+    sft_max_steps: int = -1
+    sft_lr: float = 2e-4
+    sft_batch_size: int = 4
+    sft_grad_accum: int = 1
+    sft_max_length: int = 1024
+    sft_eval_queries: int = 16
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+    # ---- GRPO (stage 04) --------------------------------------------------------------
+    grpo_enabled: bool = True
+    grpo_start: Literal["sft", "base"] = "sft"
+    grpo_num_generations: int = 4
+    grpo_batch_prompts: int = 2
+    grpo_max_steps: int = 30
+    grpo_epochs: float = 5.0
+    grpo_lr: float = 1e-5
+    grpo_beta: float = 0.0
+    grpo_epsilon: float = 0.2
+    grpo_max_completion_length: int = 768
+    grpo_eval_every: int = 10
+    grpo_eval_queries: int = 16
+    grpo_patience: int = 1
+    grpo_save_every: int = 10
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    bf16: bool = False
+    accelerate_config: str = ""
+
+    # ---- evaluation (stage 05) ----------------------------------------------------------
+    eval_systems: list[str] = [
+        "query_dense",
+        "query_bm25",
+        "zeroshot_none",
+        "zeroshot_naive",
+        "zeroshot_static",
+        "recr1",
+        "mrrec_sft",
+        "mrrec",
+    ]
+    eval_split: Literal["val", "test"] = "test"
+    eval_max_queries: int = 0
+    eval_ks: list[int] = [10, 100, 1000]
+    naive_memory_n: int = 10
+    bootstrap_samples: int = 2000
+    case_study_n: int = 3
+
+    # ---- ablations (stage 06) and assistant (stage 07) ----------------------------------
+    ablation_summary: str = "outputs/ablations/summary.csv"
+    assistant_user: str = ""
+    assistant_request: str = ""
+    assistant_k: int = 10
+
+    def digest(self, keys: list[str] | None = None) -> str:
+        """Content hash of (a subset of) the config, for stage-output caching."""
+        data = self.model_dump()
+        if keys is not None:
+            data = {k: data[k] for k in sorted(keys)}
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+FIELDS = frozenset(Config.model_fields)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a flat mapping of key: value, got {type(data).__name__}")
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: params must be flat (papermill merges shallowly); nested keys: {nested}")
+    return data
+
+
+def merge_params(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Shallow-merge params files left to right, then overrides; unknown keys are errors."""
+    merged: dict[str, Any] = {}
+    for p in paths:
+        data = _read_yaml(Path(p))
+        unknown = sorted(set(data) - FIELDS)
+        if unknown:
+            raise ConfigError(f"{p}: unknown config key(s) {unknown}; see mrrec_lib/config.py for valid keys")
+        merged.update(data)
+    for k, v in (overrides or {}).items():
+        if k not in FIELDS:
+            raise ConfigError(f"unknown config key {k!r} in overrides")
+        merged[k] = v
+    return merged
+
+
+def load_config(*paths: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    merged = merge_params(list(paths), overrides)
+    try:
+        return Config(**merged)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config from {[str(p) for p in paths]}: {e}") from e
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from mrrec_lib.runs import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+def notebook_config(namespace: dict[str, Any]) -> Config:
+    """Build the config inside a notebook from its parameters cell.
+
+    The parameters cell defines `config_file` (a params YAML, usually the merged
+    one the runner wrote into the run folder). papermill may additionally inject
+    any config key directly (`papermill -f params/x.yaml` or `-p key value`);
+    those names appear as notebook globals and override the file.
+    """
+    from mrrec_lib.runs import project_root
+
+    config_file = namespace.get("config_file") or "params/default.yaml"
+    path = Path(config_file)
+    if not path.is_absolute():
+        path = project_root() / path
+    injected = {k: namespace[k] for k in FIELDS if k in namespace}
+    if namespace.get("run_name"):
+        injected["run_name"] = namespace["run_name"]
+    return load_config(path, overrides=injected)

@@ -1,0 +1,203 @@
+"""Where a run's artefacts live, and how stages hand them to each other.
+
+One folder per run: `outputs/<run>/{data,memory,models,metrics,figures,notebooks,logs}`.
+Every write is atomic (temp file + rename) so a killed stage never leaves a
+half-written file that the next stage would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrrec_lib.config import Config
+
+STAGES = {
+    "01": "01_data_prep",
+    "02": "02_memory_construction",
+    "03": "03_sft_warmup",
+    "04": "04_rl_training",
+    "05": "05_evaluation",
+    "06": "06_ablations",
+    "07": "07_assistant",
+}
+
+
+class MissingStageError(FileNotFoundError):
+    """A stage's input is absent because an upstream stage has not run in this run folder."""
+
+
+def project_root() -> Path:
+    """The repository root: $MRREC_ROOT, else the nearest parent holding pyproject.toml + mrrec_lib."""
+    env = os.environ.get("MRREC_ROOT")
+    if env:
+        return Path(env).resolve()
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for p in (start, *start.parents):
+            if (p / "pyproject.toml").exists() and (p / "mrrec_lib").is_dir():
+                return p
+    return Path.cwd()
+
+
+def resolve(path: str | Path, base: Path | None = None) -> Path:
+    """Expand ~ and make relative paths relative to the project root (not the notebook's cwd)."""
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else (base or project_root()) / p
+
+
+def shared_data_path(cfg: Config, rel: str) -> Path:
+    """A file under the shared data folder ($MRREC_SHARED_DATA overrides the config)."""
+    base = os.environ.get("MRREC_SHARED_DATA") or cfg.shared_data_dir
+    return resolve(base) / rel
+
+
+def cache_dir(cfg: Config | None = None) -> Path:
+    d = resolve(os.environ.get("MRREC_CACHE") or (cfg.cache_dir if cfg else "~/.cache/mrrec"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def memory(self) -> Path:
+        return self.root / "memory"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    def ensure(self) -> RunPaths:
+        for d in (self.data, self.memory, self.models, self.metrics, self.figures, self.notebooks, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def require(self, path: Path, stage: str) -> Path:
+        """Return `path`, or fail naming the stage that should have produced it."""
+        if not path.exists():
+            name = STAGES.get(stage, stage)
+            raise MissingStageError(
+                f"{path} is missing: stage {name} has not run for run folder {self.root}. "
+                f"Run it first, e.g. `mrrec run {self.config_file} --only {stage}`."
+            )
+        return path
+
+    def metrics_file(self, stage: str) -> Path:
+        return self.metrics / f"{stage}.json"
+
+
+def run_paths(cfg: Config) -> RunPaths:
+    return RunPaths(resolve(cfg.outputs_dir) / cfg.run_name).ensure()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and o != o:
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable, sort_keys=False))
+    return path
+
+
+def read_json(path: Path, stage: str | None = None) -> Any:
+    if not path.exists():
+        if stage:
+            raise MissingStageError(f"{path} is missing: stage {STAGES.get(stage, stage)} has not run")
+        raise FileNotFoundError(path)
+    return json.loads(path.read_text())
+
+
+def write_parquet(df: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows and fsync: resumable stages log finished work this way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=_jsonable) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, ignoring a torn last line left by a kill mid-write."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
