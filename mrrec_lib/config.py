@@ -57,6 +57,11 @@ class Config(BaseModel):
     query_builder: Literal["extractive", "llm"] = "extractive"
     simplify_queries: bool = True
     review_trim_chars: int = 300
+    amazon_reviews_categories: list[str] = []  # Amazon 2023 files for C4 histories (e.g. All_Beauty); empty: every local one
+    item_text_max_reviews: int = 3  # reviews appended to an item's text when it has no metadata (Beauty)
+    item_text_max_chars: int = 1000  # cap of an item's retrieval text
+    min_target_review_chars: int = 20  # extra queries need a review with this much text to write a request from
+    leakage_min_words: int = 8  # a target review leaks when its first N words appear elsewhere (shorter: exact match)
 
     # ---- auxiliary LLM (memory building, query writing, zero-shot baselines) --
     llm_backend: Literal["local", "openai"] = "local"
@@ -68,6 +73,9 @@ class Config(BaseModel):
     llm_temperature: float = 0.0
     llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     llm_request_timeout: float = 120.0
+    llm_max_retries: int = 5  # HTTP backend: retries on 429/5xx/timeouts, exponential backoff
+    llm_cache: bool = True  # on-disk response cache (cache_dir/llm_cache.sqlite): reruns cost nothing
+    llm_chat_template: str = ""  # "": model's own if it renders tools, else TRL's qwen2_5; or a TRL name / .jinja path
 
     # ---- retrieval ----------------------------------------------------------------
     encoder_model: str = "all-MiniLM-L6-v2"
@@ -122,6 +130,7 @@ class Config(BaseModel):
     sft_grad_accum: int = 1
     sft_max_length: int = 1024
     sft_eval_queries: int = 16
+    sft_save_every: int = 50  # checkpoint interval in optimizer steps (resume after a kill)
     use_lora: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
@@ -143,6 +152,10 @@ class Config(BaseModel):
     grpo_eval_queries: int = 16
     grpo_patience: int = 1
     grpo_save_every: int = 10
+    grpo_micro_batch: int = 0  # completions per device per forward/backward; 0: the whole step at once
+    grpo_loss_type: str = "dapo"  # TRL loss_type; "dapo" = token-mean over the batch, VeRL's default (the paper's)
+    grpo_log_completions: bool = False  # TRL completion tables (parquet per logging step) under models/grpo
+    gradient_checkpointing: bool = False  # GPU memory saver for big policies; off on CPU
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
     bf16: bool = False

@@ -1,0 +1,157 @@
+"""Batch ablations: one run per params delta, sharing identical upstream stages.
+
+Before a run starts, the longest prefix of stages whose config hashes match a
+finished run (any folder under outputs/) is seeded from that donor: big,
+immutable artefacts (data, memory, checkpoints) are hard-linked, small mutable
+ones (logs, figures) copied. Then `runner.run` skips the seeded stages. A
+failing run is reported and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from mrrec_lib import runner, stages
+from mrrec_lib.config import Config, load_config
+from mrrec_lib.runs import STAGES, RunPaths, atomic_write_text, read_json, resolve, write_json
+
+# Per stage, the run-folder subpaths it produces that later stages only read.
+STAGE_ARTEFACTS: dict[str, tuple[str, ...]] = {
+    "01": ("data",),
+    "02": ("memory",),
+    "03": ("models/sft",),
+    "04": ("models/grpo", "models/recr1"),
+    "05": (),
+}
+
+
+def _run_cfg(base: Path, delta: Path | None) -> Config:
+    files = [base] if delta is None else [base, delta]
+    cfg = load_config(*files)
+    if delta is not None and cfg.run_name == load_config(base).run_name:
+        cfg = load_config(*files, overrides={"run_name": f"abl-{delta.stem}"})
+    return cfg
+
+
+def _matching_prefix(cfg: Config, donor: RunPaths) -> list[str]:
+    records = stages.read_records(donor)
+    prefix = []
+    for stage in STAGE_ARTEFACTS:
+        rec = records.get(stage)
+        if not rec or rec["hash"] != stages.stage_hash(cfg, stage):
+            break
+        prefix.append(stage)
+    return prefix
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    if not src.exists():
+        return
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=os.link)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dst)
+
+
+def seed_from_donor(cfg: Config, paths: RunPaths, outputs: Path) -> tuple[str | None, list[str]]:
+    """Copy the longest matching finished stage prefix from another run into `paths`."""
+    if stages.read_records(paths):
+        return None, []
+    best: tuple[RunPaths | None, list[str]] = (None, [])
+    for folder in sorted(outputs.iterdir()) if outputs.exists() else []:
+        if folder == paths.root or not (folder / "stages.json").exists():
+            continue
+        donor = RunPaths(folder)
+        prefix = _matching_prefix(cfg, donor)
+        if len(prefix) > len(best[1]):
+            best = (donor, prefix)
+    donor, prefix = best
+    if donor is None:
+        return None, []
+    records = stages.read_records(donor)
+    for stage in prefix:
+        for sub in STAGE_ARTEFACTS[stage]:
+            _link_tree(donor.root / sub, paths.root / sub)
+        for kind in ("metrics", "notebooks"):
+            for f in (donor.root / kind).glob(f"{stage}_*"):
+                shutil.copy2(f, paths.root / kind / f.name)
+    for kind in ("figures", "logs"):
+        if (donor.root / kind).exists():
+            shutil.copytree(donor.root / kind, paths.root / kind, dirs_exist_ok=True)
+    write_json(paths.root / "stages.json", {s: records[s] for s in prefix})
+    return donor.root.name, prefix
+
+
+def _one(base: Path, delta: Path | None, only: str | None, outputs: Path) -> dict:
+    name = delta.stem if delta else "base"
+    try:
+        cfg = _run_cfg(base, delta)
+        files = [base] if delta is None else [base, delta]
+        cfg_paths = runner.prepare_run(files, {"run_name": cfg.run_name})[1]
+        donor, shared = seed_from_donor(cfg, cfg_paths, outputs)
+        runner.run(files, only=only, overrides={"run_name": cfg.run_name})
+        return {"ablation": name, "run": cfg.run_name, "status": "ok", "shared_from": donor, "shared_stages": shared}
+    except Exception as e:  # one failing configuration must not stop the batch
+        return {"ablation": name, "run": None, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(limit=3)}
+
+
+def flatten_metrics(run_dir: Path) -> list[dict]:
+    """One row per evaluated system of a run, from its recorded metrics/05_eval.json."""
+    f = run_dir / "metrics" / "05_eval.json"
+    if not f.exists():
+        return []
+    ev = read_json(f)
+    rows = []
+    for system, res in ev.get("systems", {}).items():
+        row = {"system": system, "status": res.get("status", "ok")}
+        for metric, val in (res.get("metrics") or {}).items():
+            if isinstance(val, dict):
+                row[metric] = val.get("mean")
+                row[f"{metric}_lo"] = val.get("lo")
+                row[f"{metric}_hi"] = val.get("hi")
+            else:
+                row[metric] = val
+        rows.append(row)
+    return rows
+
+
+def summarise(results: list[dict], outputs: Path, summary: Path) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        base_row = {"ablation": r["ablation"], "run": r["run"], "run_status": r["status"]}
+        metric_rows = flatten_metrics(outputs / r["run"]) if r["run"] else []
+        rows += [{**base_row, **m} for m in metric_rows] or [{**base_row, "error": r.get("error", "no metrics")}]
+    df = pd.DataFrame(rows)
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(summary, df.to_csv(index=False))
+    atomic_write_text(summary.with_suffix(".md"), df.to_markdown(index=False, floatfmt=".4f") if len(df) else "")
+    write_json(summary.with_suffix(".runs.json"), results)
+    return df
+
+
+def ablate(base: str | Path, deltas: list[str | Path], jobs: int = 1, only: str | None = None) -> pd.DataFrame:
+    """Run the base config, then every delta over it; aggregate into the ablation summary."""
+    base = Path(base)
+    base_cfg = load_config(base)
+    outputs = resolve(base_cfg.outputs_dir)
+    # Stage 06 summarises this batch and 07 is interactive: neither belongs inside a batch member.
+    only = only or ",".join(s for s in runner.available_stages() if s not in ("06", "07"))
+    results = [_one(base, None, only, outputs)]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results += list(pool.map(lambda d: _one(base, Path(d), only, outputs), deltas))
+    for r in results:
+        msg = f"[{r['status']}] {r['ablation']} -> {r['run']}"
+        if r.get("shared_stages"):
+            msg += f" (reused {','.join(STAGES[s] for s in r['shared_stages'])} from {r['shared_from']})"
+        print(msg if r["status"] == "ok" else f"{msg}: {r['error']}")
+    return summarise(results, outputs, resolve(base_cfg.ablation_summary))

@@ -1,0 +1,109 @@
+"""`mrrec` command line: run the notebooks of a config, batch ablations, and more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from mrrec_lib.config import ConfigError
+from mrrec_lib.runner import StageFailed
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    """`-p key=value` overrides; values are parsed as YAML so `-p memory_top_k=5` is an int."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"-p expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mrrec_lib import runner
+
+    overrides = _parse_sets(args.set)
+    if args.run_name:
+        overrides["run_name"] = args.run_name
+    paths = runner.run([args.params, *args.file], only=args.only, overrides=overrides, force=args.force,
+                       log_output=args.verbose)
+    print(f"run folder: {paths.root}")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from mrrec_lib.ablate import ablate
+
+    df = ablate(args.base, args.deltas, jobs=args.jobs, only=args.only)
+    failed = int((df.get("run_status") == "failed").sum()) if len(df) else 0
+    print(f"{len(df)} summary rows, {failed} from failed runs")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from mrrec_lib.estimate import estimate, format_estimate
+
+    print(format_estimate(estimate([args.params, *args.file])))
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from mrrec_lib.assistant import Assistant, format_trace
+
+    assistant = Assistant.from_run(args.run)
+    print(format_trace(assistant.recommend(args.user, args.request, k=args.k)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mrrec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="execute the numbered notebooks for a params file into outputs/<run>/")
+    r.add_argument("params", help="base params YAML, e.g. params/default.yaml")
+    r.add_argument("-f", "--file", action="append", default=[], help="params delta merged on top (repeatable)")
+    r.add_argument("-p", "--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    r.add_argument("--only", help="comma-separated stages, e.g. 01,02")
+    r.add_argument("--run-name", help="output folder name (default: the config's run_name)")
+    r.add_argument("--force", action="store_true", help="rerun stages even if their config hash is unchanged")
+    r.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
+    r.set_defaults(func=_cmd_run)
+
+    a = sub.add_parser("ablate", help="run a base config and each params delta; summarise all metrics")
+    a.add_argument("base")
+    a.add_argument("deltas", nargs="+")
+    a.add_argument("--jobs", type=int, default=1, help="ablation runs in parallel (each still uses all cores)")
+    a.add_argument("--only", help="stages to run per ablation (default: all but 06/07)")
+    a.set_defaults(func=_cmd_ablate)
+
+    e = sub.add_parser("estimate", help="print expected tokens, time and embedding size per stage")
+    e.add_argument("params")
+    e.add_argument("-f", "--file", action="append", default=[])
+    e.set_defaults(func=_cmd_estimate)
+
+    q = sub.add_parser("ask", help="ask the assistant of a finished run for a recommendation")
+    q.add_argument("request")
+    q.add_argument("--run", required=True, help="run folder, e.g. outputs/default")
+    q.add_argument("--user", required=True)
+    q.add_argument("-k", type=int, default=10)
+    q.set_defaults(func=_cmd_ask)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StageFailed as e:
+        print(f"mrrec {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"mrrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Execute the numbered notebooks of a run with papermill.
+
+Each notebook gets the run's merged `config.yaml` as its `config_file`
+parameter, so a notebook opened later in Jupyter from the run folder shows
+exactly what it ran with. Stages whose config hash matches a finished record
+are skipped; a stage that reruns invalidates everything downstream.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mrrec_lib import stages
+from mrrec_lib.config import Config, load_config, save_config
+from mrrec_lib.runs import STAGES, RunPaths, project_root, run_paths
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; the executed copy in the run folder shows where."""
+
+
+def notebook_path(stage: str) -> Path:
+    path = project_root() / "notebooks" / f"{STAGES[stage]}.ipynb"
+    if not path.exists():
+        raise FileNotFoundError(f"notebook for stage {stage} not found: {path}")
+    return path
+
+
+def available_stages() -> list[str]:
+    nb_dir = project_root() / "notebooks"
+    return [s for s, name in STAGES.items() if (nb_dir / f"{name}.ipynb").exists()]
+
+
+def parse_only(only: str | None) -> list[str]:
+    if not only:
+        return available_stages()
+    wanted = [s.strip().zfill(2) for s in only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; valid: {sorted(STAGES)}")
+    return sorted(wanted)
+
+
+def prepare_run(params: list[str | Path], overrides: dict | None = None) -> tuple[Config, RunPaths]:
+    cfg = load_config(*params, overrides=overrides)
+    paths = run_paths(cfg)
+    save_config(cfg, paths.config_file)
+    return cfg, paths
+
+
+def execute_stage(stage: str, cfg: Config, paths: RunPaths, log_output: bool = False) -> float:
+    """Run one notebook into the run folder; return its wall time in seconds."""
+    import papermill as pm
+
+    out = paths.notebooks / f"{STAGES[stage]}.ipynb"
+    env_root = str(project_root())
+    os.environ.setdefault("MRREC_ROOT", env_root)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(notebook_path(stage)),
+            str(out),
+            parameters={"config_file": str(paths.config_file), "run_name": cfg.run_name},
+            kernel_name="python3",
+            cwd=env_root,
+            autosave_cell_every=30,
+            progress_bar=False,
+            log_output=log_output,
+        )
+    except pm.PapermillExecutionError as e:
+        raise StageFailed(f"stage {STAGES[stage]} failed ({e.ename}: {e.evalue}); see {out}") from e
+    return time.perf_counter() - start
+
+
+def run(
+    params: list[str | Path],
+    only: str | None = None,
+    overrides: dict | None = None,
+    force: bool = False,
+    log_output: bool = False,
+) -> RunPaths:
+    """Run the selected stages in order, skipping those already current for this config."""
+    cfg, paths = prepare_run(params, overrides)
+    todo = parse_only(only)
+    rerun_downstream = force
+    bar = tqdm(todo, desc=f"run {cfg.run_name}", unit="stage")
+    for stage in bar:
+        bar.set_postfix_str(STAGES[stage])
+        if not rerun_downstream and stages.is_current(paths, stage, cfg):
+            tqdm.write(f"[{STAGES[stage]}] up to date (config hash {stages.stage_hash(cfg, stage)}), skipped")
+            continue
+        rerun_downstream = True
+        stages.forget_from(paths, stage)
+        seconds = execute_stage(stage, cfg, paths, log_output=log_output)
+        stages.record_stage(paths, stage, cfg, seconds)
+        tqdm.write(f"[{STAGES[stage]}] done in {seconds:.0f}s -> {paths.notebooks / (STAGES[stage] + '.ipynb')}")
+    return paths

@@ -1,0 +1,104 @@
+"""Which config keys each stage depends on, and the content hash that caches a stage.
+
+A key belongs to the first stage whose output it can change; stage N's hash
+covers every key of stages <= N. Keys not listed default to stage 01, so a new
+knob nobody classified reruns everything rather than silently reusing stale
+outputs. Keys that never change results (names, paths, thread counts) are
+ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mrrec_lib.config import FIELDS, Config
+from mrrec_lib.runs import STAGES, RunPaths, read_json, write_json
+
+IGNORED_KEYS = frozenset({"run_name", "outputs_dir", "cache_dir", "num_threads", "device", "llm_request_timeout"})
+
+# Stages 06 and 07 read things outside the run's own config (the ablation summary,
+# a user's typed request), so they are never skipped.
+UNCACHED_STAGES = frozenset({"06", "07"})
+
+_PREFIX_STAGE: tuple[tuple[str, str], ...] = (
+    ("encoder_", "02"),
+    ("ivf_", "02"),
+    ("hnsw_", "02"),
+    ("index_", "02"),
+    ("item_retriever", "02"),
+    ("memory_builder", "02"),
+    ("memory_chunk_chars", "02"),
+    ("global_num_negatives", "02"),
+    ("global_queries_per_category", "02"),
+    ("price_per_m_", "02"),
+    ("memory_", "03"),
+    ("local_memory", "03"),
+    ("global_memory", "03"),
+    ("global_top_k", "03"),
+    ("policy_", "03"),
+    ("max_tool_calls", "03"),
+    ("max_new_tokens", "03"),
+    ("rollout_", "03"),
+    ("reward_", "03"),
+    ("malformed_retrieval", "03"),
+    ("sft_", "03"),
+    ("use_lora", "03"),
+    ("lora_", "03"),
+    ("grpo_", "04"),
+    ("use_vllm", "04"),
+    ("vllm_mode", "04"),
+    ("bf16", "04"),
+    ("accelerate_config", "04"),
+    ("eval_", "05"),
+    ("naive_memory_n", "05"),
+    ("bootstrap_samples", "05"),
+    ("case_study_n", "05"),
+    ("ablation_summary", "06"),
+    ("assistant_", "07"),
+)
+
+
+def first_stage(key: str) -> str:
+    for prefix, stage in _PREFIX_STAGE:
+        if key.startswith(prefix):
+            return stage
+    return "01"
+
+
+def stage_keys(stage: str) -> list[str]:
+    """Every config key that can change the outputs of `stage` (its own and upstream)."""
+    return sorted(k for k in FIELDS if k not in IGNORED_KEYS and first_stage(k) <= stage)
+
+
+def stage_hash(cfg: Config, stage: str) -> str:
+    return cfg.digest(stage_keys(stage))
+
+
+def _record_file(paths: RunPaths) -> Path:
+    return paths.root / "stages.json"
+
+
+def read_records(paths: RunPaths) -> dict[str, dict]:
+    f = _record_file(paths)
+    return read_json(f) if f.exists() else {}
+
+
+def record_stage(paths: RunPaths, stage: str, cfg: Config, seconds: float) -> None:
+    """Mark `stage` finished for this config; only called after its notebook ran without error."""
+    records = read_records(paths)
+    records[stage] = {"hash": stage_hash(cfg, stage), "seconds": round(seconds, 1), "finished_at": time.time()}
+    write_json(_record_file(paths), records)
+
+
+def forget_from(paths: RunPaths, stage: str) -> None:
+    """Invalidate `stage` and everything downstream before rerunning it."""
+    records = {s: r for s, r in read_records(paths).items() if s < stage}
+    write_json(_record_file(paths), records)
+
+
+def is_current(paths: RunPaths, stage: str, cfg: Config) -> bool:
+    if stage in UNCACHED_STAGES:
+        return False
+    rec = read_records(paths).get(stage)
+    return bool(rec) and rec["hash"] == stage_hash(cfg, stage) and (paths.notebooks / f"{STAGES[stage]}.ipynb").exists()

@@ -1,0 +1,88 @@
+import pytest
+
+from mrrec_lib import stages
+from mrrec_lib.ablate import flatten_metrics, seed_from_donor
+from mrrec_lib.config import FIELDS, Config
+from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, read_jsonl, write_json
+
+
+def test_every_key_is_classified_or_ignored():
+    for key in FIELDS:
+        assert stages.first_stage(key) in {"01", "02", "03", "04", "05", "06", "07"}
+
+
+def test_downstream_key_does_not_change_upstream_hash():
+    a, b = Config(), Config(memory_top_k=5, grpo_lr=3e-5)
+    assert stages.stage_hash(a, "01") == stages.stage_hash(b, "01")
+    assert stages.stage_hash(a, "02") == stages.stage_hash(b, "02")
+    assert stages.stage_hash(a, "03") != stages.stage_hash(b, "03")
+    assert stages.stage_hash(Config(), "04") != stages.stage_hash(Config(grpo_lr=3e-5), "04")
+    assert stages.stage_hash(Config(), "03") == stages.stage_hash(Config(grpo_lr=3e-5), "03")
+
+
+def test_unclassified_upstream_key_invalidates_everything():
+    a, b = Config(), Config(max_users=3)
+    assert all(stages.stage_hash(a, s) != stages.stage_hash(b, s) for s in ("01", "02", "05"))
+
+
+def test_run_name_does_not_matter():
+    assert stages.stage_hash(Config(run_name="a"), "05") == stages.stage_hash(Config(run_name="b"), "05")
+
+
+def _finished_run(root, cfg, upto):
+    paths = RunPaths(root).ensure()
+    for s in upto:
+        (paths.notebooks / f"{stages.STAGES[s]}.ipynb").write_text("{}")
+        stages.record_stage(paths, s, cfg, 1.0)
+    return paths
+
+
+def test_is_current_and_forget(tmp_path):
+    cfg = Config()
+    paths = _finished_run(tmp_path / "r", cfg, ["01", "02", "03"])
+    assert stages.is_current(paths, "02", cfg)
+    assert not stages.is_current(paths, "02", Config(memory_builder="llm"))
+    stages.forget_from(paths, "02")
+    assert not stages.is_current(paths, "02", cfg) and stages.is_current(paths, "01", cfg)
+
+
+def test_seed_from_donor_shares_matching_prefix_only(tmp_path):
+    outputs = tmp_path / "outputs"
+    base = Config(run_name="base")
+    donor = _finished_run(outputs / "base", base, ["01", "02", "03", "04", "05"])
+    (donor.data / "items.parquet").write_text("items")
+    (donor.memory / "local_entries.parquet").write_text("mem")
+    (donor.models / "sft").mkdir()
+    (donor.models / "sft" / "adapter.bin").write_text("sft")
+    write_json(donor.metrics_file("03_sft"), {"x": 1})
+    abl = Config(run_name="abl", grpo_lr=3e-5)  # differs from stage 04 on
+    paths = RunPaths(outputs / "abl").ensure()
+    name, shared = seed_from_donor(abl, paths, outputs)
+    assert name == "base" and shared == ["01", "02", "03"]
+    assert (paths.data / "items.parquet").read_text() == "items"
+    assert (paths.models / "sft" / "adapter.bin").exists()
+    assert (paths.metrics / "03_sft.json").exists()
+    assert stages.is_current(paths, "03", abl) and not stages.is_current(paths, "04", abl)
+    # A run that already has records is never overwritten by a donor.
+    assert seed_from_donor(abl, paths, outputs) == (None, [])
+
+
+def test_flatten_metrics(tmp_path):
+    paths = RunPaths(tmp_path / "r").ensure()
+    write_json(paths.metrics_file("05_eval"), {"systems": {"mrrec": {"metrics": {"N@100": {"mean": 0.1, "lo": 0.0, "hi": 0.2}}}}})
+    rows = flatten_metrics(paths.root)
+    assert rows == [{"system": "mrrec", "status": "ok", "N@100": 0.1, "N@100_lo": 0.0, "N@100_hi": 0.2}]
+
+
+def test_require_names_the_stage(tmp_path):
+    paths = RunPaths(tmp_path / "r").ensure()
+    with pytest.raises(MissingStageError, match="01_data_prep"):
+        paths.require(paths.data / "items.parquet", "01")
+
+
+def test_jsonl_survives_torn_last_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    append_jsonl(f, [{"a": 1}, {"a": 2}])
+    with open(f, "a") as fh:
+        fh.write('{"a": 3')
+    assert read_jsonl(f) == [{"a": 1}, {"a": 2}]
