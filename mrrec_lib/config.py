@@ -88,6 +88,7 @@ class Config(BaseModel):
     ivf_nprobe: int = 64
     hnsw_m: int = 32
     hnsw_ef_search: int = 256
+    hnsw_ef_construction: int = 80  # build-time beam width: recall vs. build time (benchmarks/bench_retrieval.py)
     index_use_gpu: bool = False
 
     # ---- memory (stage 02) ------------------------------------------------------------
@@ -101,6 +102,11 @@ class Config(BaseModel):
     global_num_negatives: int = 5
     global_queries_per_category: int = 50
     global_top_k: int = 6
+    memory_pattern_group: Literal["subcategory", "category"] = "subcategory"  # one preference pattern per this
+    memory_prompt_max_records: int = 20  # llm builder: most recent records per pattern prompt (0: all)
+    global_max_descriptions: int = 6  # descriptions kept per merged aspect
+    global_merge_max_lines: int = 120  # aspect lines given to the LLM merge step (context limit)
+    memory_llm_probe_snapshots: int = 3  # notebook 02: time the llm builder on this many snapshots (0: skip)
     price_per_m_input_tokens: float = 0.15  # GPT-4o-mini, the paper's memory LLM
     price_per_m_output_tokens: float = 0.60
 
@@ -178,9 +184,15 @@ class Config(BaseModel):
     naive_memory_n: int = 10
     bootstrap_samples: int = 2000
     case_study_n: int = 3
+    eval_reference_system: str = "mrrec"  # paired tests: this system vs every other evaluated system
+    eval_baseline_malformed: Literal["zero", "raw_text"] = "raw_text"  # zero-shot baselines: unparseable output retrieved as raw text (Rec-R1 style) or scored 0
+    eval_table_categories: int = 3  # Table 1 shows the categories with the most evaluated queries
+    eval_temperature: float = 0.0  # decoding of the evaluated policies and zero-shot LLMs (0: greedy, batch-independent)
+    eval_recr1_run: str = ""  # run folder under outputs_dir holding models/recr1 (Rec-R1 trained by a delta run); "": this run
 
     # ---- ablations (stage 06) and assistant (stage 07) ----------------------------------
     ablation_summary: str = "outputs/ablations/summary.csv"
+    ablation_llm_judge: int = 0  # memory contribution: retrieved entries judged by the auxiliary LLM too (2 calls each); 0: keyword heuristic only
     assistant_user: str = ""
     assistant_request: str = ""
     assistant_k: int = 10

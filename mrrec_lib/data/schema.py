@@ -53,21 +53,60 @@ class SchemaError(ValueError):
     """A table that does not have the unified schema."""
 
 
+REQUIRED: dict[str, tuple[str, ...]] = {  # columns that may not be empty in any record
+    "items": ("item_id", "text"),
+    "interactions": ("user_id", "item_id"),
+    "queries": ("qid", "user_id", "target_item_id", "query", "split"),
+}
+UNIQUE: dict[str, tuple[str, ...]] = {
+    "items": ("item_id",),
+    "interactions": ("user_id", "item_id", "timestamp"),
+    "queries": ("qid",),
+}
+
+
+def _where(table: str, where: str) -> str:
+    return f"{table}{f' ({where})' if where else ''}"
+
+
+def _coerce(series: pd.Series, dtype: str, name: str) -> pd.Series:
+    if dtype == "string":
+        return series.fillna("").astype(str)
+    values = pd.to_numeric(series, errors="coerce")
+    if dtype == "int64":
+        bad = values.isna() | (values != values.round())
+        if bad.any():
+            i = bad.idxmax()
+            raise SchemaError(f"column {name!r}, record {i}: {series[i]!r} is not an integer")
+    return values.astype(dtype)
+
+
 def validate(df: pd.DataFrame, table: str, where: str = "") -> pd.DataFrame:
-    """Check columns exist and coerce dtypes; raise naming the table, the column and the file."""
+    """Check columns and records, coerce dtypes; raise naming the table, the file, the column and the record."""
     cols = TABLES[table]
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise SchemaError(f"{table}{f' ({where})' if where else ''}: missing column(s) {missing}")
+        raise SchemaError(f"{_where(table, where)}: missing column(s) {missing}")
     out = df[list(cols)].copy()
     for c, dtype in cols.items():
         try:
-            if dtype == "string":
-                out[c] = out[c].fillna("").astype(str)
-            else:
-                out[c] = pd.to_numeric(out[c], errors="raise").astype(dtype) if dtype == "int64" else pd.to_numeric(out[c], errors="coerce").astype(dtype)
+            out[c] = _coerce(out[c], dtype, c)
         except (ValueError, TypeError) as e:
-            raise SchemaError(f"{table}{f' ({where})' if where else ''}: column {c!r} is not {dtype}: {e}") from e
+            raise SchemaError(f"{_where(table, where)}: {e}") from e
+    for c in REQUIRED[table]:
+        empty = out[c].str.strip().eq("")
+        if empty.any():
+            raise SchemaError(f"{_where(table, where)}: column {c!r} is empty in record {empty.idxmax()}")
+    dup = out.duplicated(list(UNIQUE[table]))
+    if dup.any():
+        i = dup.idxmax()
+        key = {c: out.at[i, c] for c in UNIQUE[table]}
+        raise SchemaError(f"{_where(table, where)}: duplicate record {i} for key {key}")
+    if table == "queries":
+        bad = ~out["split"].isin(("train", "val", "test"))
+        if bad.any():
+            i = bad.idxmax()
+            raise SchemaError(f"{_where(table, where)}: record {i} has split {out.at[i, 'split']!r}")
     return out
 
 
