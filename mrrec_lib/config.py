@@ -132,8 +132,8 @@ class Config(BaseModel):
     sft_epochs: float = 2.0
     sft_max_steps: int = -1
     sft_lr: float = 2e-4
-    sft_batch_size: int = 4
-    sft_grad_accum: int = 1
+    sft_batch_size: int = 1  # 1: no padding, so CPU attention stays memory-efficient on ~1.5k-token conversations
+    sft_grad_accum: int = 4
     sft_max_length: int = 1024
     sft_eval_queries: int = 16
     sft_save_every: int = 50  # checkpoint interval in optimizer steps (resume after a kill)
@@ -158,7 +158,7 @@ class Config(BaseModel):
     grpo_eval_queries: int = 16
     grpo_patience: int = 1
     grpo_save_every: int = 10
-    grpo_micro_batch: int = 0  # completions per device per forward/backward; 0: the whole step at once
+    grpo_micro_batch: int = 2  # completions per device per forward/backward (memory); 0: the whole step at once
     grpo_loss_type: str = "dapo"  # TRL loss_type; "dapo" = token-mean over the batch, VeRL's default (the paper's)
     grpo_log_completions: bool = False  # TRL completion tables (parquet per logging step) under models/grpo
     gradient_checkpointing: bool = False  # GPU memory saver for big policies; off on CPU
