@@ -149,6 +149,10 @@ def ablate(base: str | Path, deltas: list[str | Path], jobs: int = 1, only: str 
     results = [_one(base, None, only, outputs)]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results += list(pool.map(lambda d: _one(base, Path(d), only, outputs), deltas))
+    # The base's Table 1 reads Rec-R1 from a delta run of this batch, which did not exist when it was evaluated.
+    produced = {r["run"] for r in results[1:] if r["status"] == "ok"}
+    if base_cfg.eval_recr1_run in produced and "05" in runner.parse_only(only):
+        runner.run([base], only="05", force=True)
     for r in results:
         msg = f"[{r['status']}] {r['ablation']} -> {r['run']}"
         if r.get("shared_stages"):

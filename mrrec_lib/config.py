@@ -266,6 +266,6 @@ def notebook_config(namespace: dict[str, Any]) -> Config:
     if not path.is_absolute():
         path = project_root() / path
     injected = {k: namespace[k] for k in FIELDS if k in namespace}
-    if namespace.get("run_name"):
-        injected["run_name"] = namespace["run_name"]
+    if not injected.get("run_name"):
+        injected.pop("run_name", None)  # the parameters cell's "" means: the config's run_name
     return load_config(path, overrides=injected)

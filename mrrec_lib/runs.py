@@ -141,22 +141,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(o: Any) -> Any:
+    """NaN/inf become null: json.dumps would write bare NaN, which is not JSON and breaks readers."""
+    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    return o
+
+
 def _jsonable(o: Any) -> Any:
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
-        return None if np.isnan(o) else float(o)
+        return _finite(float(o))
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return _finite(o.tolist())
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, float) and o != o:
-        return None
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable, sort_keys=False))
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False))
     return path
 
 

@@ -21,6 +21,8 @@ IGNORED_KEYS = frozenset({"run_name", "outputs_dir", "cache_dir", "num_threads",
 # a user's typed request), so they are never skipped.
 UNCACHED_STAGES = frozenset({"06", "07"})
 
+# Checked in order, first match wins: the stage-02 memory-building keys must come before the
+# generic `memory_` prefix, which covers runtime retrieval knobs read from stage 03 on.
 _PREFIX_STAGE: tuple[tuple[str, str], ...] = (
     ("encoder_", "02"),
     ("ivf_", "02"),
@@ -29,8 +31,13 @@ _PREFIX_STAGE: tuple[tuple[str, str], ...] = (
     ("item_retriever", "02"),
     ("memory_builder", "02"),
     ("memory_chunk_chars", "02"),
+    ("memory_pattern_group", "02"),
+    ("memory_prompt_max_records", "02"),
+    ("memory_llm_probe_snapshots", "02"),
     ("global_num_negatives", "02"),
     ("global_queries_per_category", "02"),
+    ("global_max_descriptions", "02"),
+    ("global_merge_max_lines", "02"),
     ("price_per_m_", "02"),
     ("memory_", "03"),
     ("local_memory", "03"),
@@ -46,6 +53,7 @@ _PREFIX_STAGE: tuple[tuple[str, str], ...] = (
     ("use_lora", "03"),
     ("lora_", "03"),
     ("grpo_", "04"),
+    ("gradient_checkpointing", "04"),
     ("use_vllm", "04"),
     ("vllm_mode", "04"),
     ("bf16", "04"),
@@ -54,7 +62,7 @@ _PREFIX_STAGE: tuple[tuple[str, str], ...] = (
     ("naive_memory_n", "05"),
     ("bootstrap_samples", "05"),
     ("case_study_n", "05"),
-    ("ablation_summary", "06"),
+    ("ablation_", "06"),
     ("assistant_", "07"),
 )
 

@@ -67,3 +67,8 @@ def test_every_shipped_params_file_loads(path):
     base = path.parents[1] / "default.yaml" if path.parent.name == "ablations" else None
     cfg = load_config(*(p for p in (base, path) if p))
     assert set(cfg.model_dump()) == FIELDS
+
+
+def test_notebook_config_empty_run_name_keeps_the_configs(tmp_path):
+    p = write(tmp_path, "a.yaml", "run_name: mine\n")
+    assert notebook_config({"config_file": str(p), "run_name": ""}).run_name == "mine"

@@ -86,3 +86,19 @@ def test_jsonl_survives_torn_last_line(tmp_path):
     with open(f, "a") as fh:
         fh.write('{"a": 3')
     assert read_jsonl(f) == [{"a": 1}, {"a": 2}]
+
+
+def test_memory_building_keys_are_stage_02_and_retrieval_knobs_stage_03():
+    assert stages.first_stage("memory_builder") == "02"
+    assert stages.first_stage("memory_chunk_chars") == "02"
+    assert stages.first_stage("memory_top_k") == "03"
+    assert stages.first_stage("ablation_summary") == "06"
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    import json
+
+    import numpy as np
+
+    f = write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("nan"), 1.0], "c": np.array([np.inf])})
+    assert json.loads(f.read_text()) == {"a": None, "b": [None, 1.0], "c": [None]}
