@@ -134,7 +134,7 @@ class Config(BaseModel):
     sft_lr: float = 2e-4
     sft_batch_size: int = 1  # 1: no padding, so CPU attention stays memory-efficient on ~1.5k-token conversations
     sft_grad_accum: int = 4
-    sft_max_length: int = 1024
+    sft_max_length: int = 1536  # longer conversations are dropped (prompt+tools ~850 tokens, +~400 per memory call)
     sft_eval_queries: int = 16
     sft_save_every: int = 50  # checkpoint interval in optimizer steps (resume after a kill)
     use_lora: bool = True
@@ -148,16 +148,16 @@ class Config(BaseModel):
     grpo_start: Literal["sft", "base"] = "sft"
     grpo_num_generations: int = 4
     grpo_batch_prompts: int = 2
-    grpo_max_steps: int = 30
+    grpo_max_steps: int = 12  # CPU default sized for ~60 min on 2 cores (~4 min/step + validation); paper: epochs
     grpo_epochs: float = 5.0
     grpo_lr: float = 1e-5
     grpo_beta: float = 0.0
     grpo_epsilon: float = 0.2
-    grpo_max_completion_length: int = 768
-    grpo_eval_every: int = 10
+    grpo_max_completion_length: int = 512  # model + tool-result tokens; fits 1-2 memory calls + answer (paper: 768)
+    grpo_eval_every: int = 4
     grpo_eval_queries: int = 16
     grpo_patience: int = 1
-    grpo_save_every: int = 10
+    grpo_save_every: int = 4
     grpo_micro_batch: int = 2  # completions per device per forward/backward (memory); 0: the whole step at once
     grpo_loss_type: str = "dapo"  # TRL loss_type; "dapo" = token-mean over the batch, VeRL's default (the paper's)
     grpo_log_completions: bool = False  # TRL completion tables (parquet per logging step) under models/grpo

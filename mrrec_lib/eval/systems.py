@@ -1,0 +1,228 @@
+"""The systems Table 1 compares, and how each one turns a request into the text that is retrieved.
+
+Every system ends in the same place: one text per query, matched against the
+same item index (`ItemRetriever`), scored by the rank of the single target. They
+differ only in how that text is written and how much memory went into it:
+
+- `query_*`: the request itself, dense (BLaIR's role: no LLM) or BM25;
+- `zeroshot_*`: the auxiliary LLM writes an ideal item profile (Rec-R1-style expansion prompt) with no memory,
+  the `naive_memory_n` most recent interactions, or the static user profile pasted into the prompt;
+- `recr1`, `mrrec_sft`, `mrrec`: trained policies rolled out by the agent (no memory / MR.Rec memory + tool).
+
+A runner is built once per system (loading its model, which may raise `MissingStageError` naming the stage
+that should have produced it) and then called on batches of queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from mrrec_lib.config import Config
+
+if TYPE_CHECKING:
+    from mrrec_lib.eval.context import EvalContext
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One row family of Table 1: what kind of system, which memory it sees, where its inputs come from."""
+
+    name: str
+    kind: str  # "query" | "zeroshot" | "policy"
+    memory: str  # "none" | "naive" | "static" | "mrrec"
+    retriever: str = ""  # "dense" | "bm25"; "": the run's item_retriever (what the policies were trained against)
+    checkpoint: str = ""  # policy to load (train.checkpoints: sft / grpo / recr1)
+    stage: str = "02"  # the last upstream stage whose outputs the system reads (for cache invalidation)
+
+
+SYSTEMS: dict[str, SystemSpec] = {
+    s.name: s
+    for s in (
+        SystemSpec("query_dense", "query", "none", retriever="dense"),
+        SystemSpec("query_bm25", "query", "none", retriever="bm25"),
+        SystemSpec("zeroshot_none", "zeroshot", "none"),
+        SystemSpec("zeroshot_naive", "zeroshot", "naive"),
+        SystemSpec("zeroshot_static", "zeroshot", "static"),
+        SystemSpec("recr1", "policy", "none", checkpoint="recr1", stage="04"),
+        SystemSpec("mrrec_sft", "policy", "mrrec", checkpoint="sft", stage="03"),
+        SystemSpec("mrrec", "policy", "mrrec", checkpoint="grpo", stage="04"),
+    )
+}
+
+
+def resolve_systems(names: list[str]) -> list[SystemSpec]:
+    """Specs for `names` in order; an unknown name is an error listing the valid ones."""
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown eval system(s) {unknown} in eval_systems; valid: {sorted(SYSTEMS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval_systems lists a system twice: {names}")
+    return [SYSTEMS[n] for n in names]
+
+
+def method_label(spec: SystemSpec, cfg: Config) -> str:
+    """The Table 1 'system' column: what produced the retrieval text, with the model that did it."""
+    if spec.kind == "query":
+        return "BM25 (query)" if spec.retriever == "bm25" else f"Dense query ({cfg.encoder_model})"
+    if spec.kind == "zeroshot":
+        return f"Zero-shot {cfg.llm_model}"
+    return {
+        "recr1": f"Rec-R1 ({cfg.policy_model}, GRPO, no memory)",
+        "sft": f"MR.Rec w/o RL ({cfg.policy_model}, SFT)",
+        "grpo": f"MR.Rec ({cfg.policy_model}, SFT+GRPO)",
+    }[spec.checkpoint]
+
+
+def memory_label(spec: SystemSpec, cfg: Config) -> str:
+    """The Table 1 'memory' column."""
+    return {
+        "none": "none",
+        "naive": f"naive (recent {cfg.naive_memory_n})",
+        "static": "static profile",
+        "mrrec": "hierarchical + reasoning",
+    }[spec.memory]
+
+
+@dataclass
+class SystemOutput:
+    """What a system produced for one query, before retrieval.
+
+    `text` is what gets retrieved; None means nothing retrievable (a malformed answer scored 0).
+    """
+
+    qid: str
+    text: str | None
+    profile: str = ""
+    raw: str = ""
+    malformed: bool = False
+    parse_error: str | None = None
+    memory_text: str = ""
+    memory_tokens: int = 0
+    memory_tokens_global: int = 0
+    memory_ids: list[str] = field(default_factory=list)
+    tool_queries: list[str] = field(default_factory=list)
+    tool_calls: int = 0
+
+
+BatchRunner = Callable[[pd.DataFrame], list[SystemOutput]]
+RunnerFactory = Callable[[SystemSpec, "EvalContext"], BatchRunner]
+
+
+def retrieval_text(profile: str, ok: bool, raw: str, mode: str) -> str | None:
+    """The text to retrieve: the parsed profile, else the raw output (mode "raw_text") or nothing (mode "zero")."""
+    text = profile if ok else (raw if mode == "raw_text" else "")
+    return text.strip() or None
+
+
+def query_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
+    """The request as-is: no LLM, no memory."""
+
+    def run(batch: pd.DataFrame) -> list[SystemOutput]:
+        return [SystemOutput(qid=q, text=t, profile=t) for q, t in zip(batch["qid"], batch["query"], strict=True)]
+
+    return run
+
+
+def zeroshot_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
+    """One chat call per query with the agent's tool-less prompt; memory text pasted in for naive/static."""
+    from mrrec_lib.agent.parse import parse_answer, strip_tool_calls
+    from mrrec_lib.agent.prompt import build_prompt
+    from mrrec_lib.llm import default_sampling
+
+    kind = {"none": "no_memory", "naive": "naive", "static": "static"}[spec.memory]
+    memory_of = {"none": lambda row: "", "naive": ctx.naive_memory_text, "static": ctx.static_memory_text}[spec.memory]
+    memory_of(ctx.queries.iloc[0].to_dict())  # loads the tables/store it reads before the timed batches
+    llm = ctx.llm
+    sampling = default_sampling(ctx.cfg, temperature=ctx.cfg.eval_temperature)
+    mode = ctx.cfg.eval_baseline_malformed
+
+    def run(batch: pd.DataFrame) -> list[SystemOutput]:
+        rows = batch.to_dict("records")
+        memories = [memory_of(r) for r in rows]
+        # A user with no usable memory still gets a prompt: the setting falls back to no memory, and says so.
+        prompts = [
+            build_prompt(kind if m.strip() else "no_memory", r["query"], memory_text=m)
+            for r, m in zip(rows, memories, strict=True)
+        ]
+        outs = llm.chat([p.messages for p in prompts], sampling, n=1)
+        results = []
+        for r, m, out in zip(rows, memories, outs, strict=True):
+            raw = (out[0] if out else "") or ""
+            ans = parse_answer(raw)
+            results.append(
+                SystemOutput(
+                    qid=r["qid"],
+                    text=retrieval_text(ans.profile, ans.ok, strip_tool_calls(raw), mode),
+                    profile=ans.profile,
+                    raw=raw,
+                    malformed=not ans.ok,
+                    parse_error=ans.error,
+                    memory_text=m,
+                    memory_tokens=ctx.count_tokens(m),
+                )
+            )
+        return results
+
+    return run
+
+
+def policy_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
+    """Rollouts of a trained policy through the agent's `run_policy_on_queries` (the prompts and tools of training).
+
+    MR.Rec systems use the run's memory setting (`default_prompt_kind`, so ablation runs evaluate what they
+    trained); Rec-R1 gets the no-memory rewriting prompt.
+    """
+    from mrrec_lib.agent.prompt import format_aspects
+    from mrrec_lib.agent.run import default_prompt_kind, run_policy_on_queries
+
+    cfg = ctx.cfg
+    kind = default_prompt_kind(cfg) if spec.memory == "mrrec" else "no_memory"
+    uses_store = kind in ("mrrec", "global_only")
+    policy = ctx.policy(spec.checkpoint)
+    if uses_store:
+        ctx.warm_memory()
+    store = ctx.store if uses_store else None
+    rollout_cfg = cfg.model_copy(update={"rollout_temperature": cfg.eval_temperature})
+
+    def run(batch: pd.DataFrame) -> list[SystemOutput]:
+        trajs, _ = run_policy_on_queries(batch, policy, rollout_cfg, store=store, kind=kind, progress=False)
+        rows = batch.to_dict("records")
+        results = []
+        for r, t in zip(rows, trajs, strict=True):
+            local = tool_results(t)
+            global_tokens = ctx.count_tokens(format_aspects(ctx.global_aspects(r))) if uses_store else 0
+            results.append(
+                SystemOutput(
+                    qid=t.qid,
+                    text=retrieval_text(t.profile, t.parse_ok, t.final_text, cfg.malformed_retrieval),
+                    profile=t.profile,
+                    raw=t.messages[-1].get("content", "") if t.messages else "",
+                    malformed=not t.parse_ok,
+                    parse_error=t.parse_error,
+                    memory_text="\n".join(local),
+                    memory_tokens=sum(ctx.count_tokens(x) for x in local) + global_tokens,
+                    memory_tokens_global=global_tokens,
+                    memory_ids=list(t.retrieved_ids),
+                    tool_queries=list(t.tool_queries),
+                    tool_calls=t.n_tool_calls,
+                )
+            )
+        return results
+
+    return run
+
+
+def tool_results(traj) -> list[str]:
+    """Texts of the tool messages that answered a successful memory call (error replies are not memory).
+
+    Each call appends one record and at most one tool message, in order, so they pair up positionally.
+    """
+    msgs = [m.get("content", "") for m in traj.messages if m.get("role") == "tool"]
+    return [m for m, c in zip(msgs, traj.tool_calls, strict=False) if c.error is None]
+
+
+RUNNERS: dict[str, RunnerFactory] = {"query": query_runner, "zeroshot": zeroshot_runner, "policy": policy_runner}

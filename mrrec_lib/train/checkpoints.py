@@ -1,0 +1,94 @@
+"""Where trained policies live and how later stages load them.
+
+Layout under `models/`: `<stage>/checkpoints/checkpoint-N` (trainer state, for
+resuming) and `<stage>/final/` (the policy other stages use). A final folder holds
+either a LoRA adapter or full weights plus `mrrec_policy.json`, which names the
+model the adapter sits on: the base policy model, or another stage's final policy
+(GRPO started from SFT stores `{"which": "sft"}`). Adapters keep the run folder
+small (a few MB instead of a model copy per stage); `load_policy` merges them on load.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from mrrec_lib.config import Config
+from mrrec_lib.runs import MissingStageError, RunPaths, atomic_write_text
+
+Which = Literal["base", "sft", "grpo", "recr1"]
+POLICY_META = "mrrec_policy.json"
+STAGE_OF = {"sft": "03", "grpo": "04", "recr1": "04"}
+
+
+def stage_dir(paths: RunPaths, which: str) -> Path:
+    if which not in STAGE_OF:
+        raise ValueError(f"unknown policy {which!r}; expected one of base, {', '.join(STAGE_OF)}")
+    return paths.models / which
+
+
+def final_dir(paths: RunPaths, which: str) -> Path:
+    return stage_dir(paths, which) / "final"
+
+
+def checkpoints_dir(paths: RunPaths, which: str) -> Path:
+    return stage_dir(paths, which) / "checkpoints"
+
+
+def base_reference(cfg: Config, start: str) -> dict[str, str]:
+    """What a new adapter sits on: another stage's final policy, or the configured base model."""
+    return {"which": start} if start in STAGE_OF else {"model": cfg.policy_model}
+
+
+def write_policy_meta(out_dir: Path, *, base: dict[str, str], adapter: bool, info: dict[str, Any]) -> None:
+    meta = {"base": base, "adapter": adapter, **info}
+    atomic_write_text(out_dir / POLICY_META, json.dumps(meta, indent=2, default=str))
+
+
+def read_policy_meta(out_dir: Path) -> dict[str, Any]:
+    return json.loads((out_dir / POLICY_META).read_text())
+
+
+def publish_policy(src: Path, dst: Path, *, base: dict[str, str], adapter: bool, info: dict[str, Any]) -> Path:
+    """Copy a saved model folder to `dst` with its metadata, replacing `dst` only once the copy is complete."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*.pth"))
+    write_policy_meta(tmp, base=base, adapter=adapter, info=info)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return dst
+
+
+def load_policy(cfg: Config, paths: RunPaths, which: Which = "sft", for_training: bool = False):
+    """(model, tokenizer) of a policy: "base" (cfg.policy_model), or a trained stage's final policy, adapters merged.
+
+    Raises MissingStageError naming the stage to run when the policy has not been trained in this run folder.
+    """
+    from mrrec_lib.llm import load_causal_lm
+
+    if which == "base":
+        return load_causal_lm(cfg.policy_model, cfg, for_training=for_training)
+    d = final_dir(paths, which)
+    if not (d / POLICY_META).exists():
+        stage = STAGE_OF[which]
+        raise MissingStageError(
+            f"{d} holds no trained policy: stage {stage} has not finished for run folder {paths.root}. "
+            f"Run it first, e.g. `mrrec run {paths.config_file} --only {stage}`."
+        )
+    meta = read_policy_meta(d)
+    if not meta["adapter"]:
+        return load_causal_lm(str(d), cfg, for_training=for_training)
+    base = meta["base"]
+    if "which" in base:
+        model, tokenizer = load_policy(cfg, paths, base["which"], for_training=for_training)
+    else:
+        model, tokenizer = load_causal_lm(base["model"], cfg, for_training=for_training)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
+    return model, tokenizer

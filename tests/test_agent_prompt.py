@@ -1,0 +1,103 @@
+"""The recommendation prompt in each setting, and its chat-API form."""
+
+from __future__ import annotations
+
+import pytest
+
+from mrrec_lib.agent.prompt import PROMPT_KINDS, build_messages, build_prompt, prompt_tools, structured_messages
+
+ASPECTS = [
+    {"aspect": "Budget", "text": "Budget: price range the user is comfortable with"},
+    {"aspect": "Flavor Profile", "text": "Flavor Profile: sweet, salty or spicy"},
+]
+BOX_WITH_IDS = '\\boxed{"ideal_item_profile": "<detailed item description>", "useful_memory_ids": ["<id>", ...]}'
+
+
+def user_text(p) -> str:
+    return p.messages[-1]["content"]
+
+
+def test_mrrec_prompt_carries_every_instruction():
+    p = build_prompt("mrrec", "  a snack for hiking ", aspects=ASPECTS)
+    text = user_text(p)
+    assert [m["role"] for m in p.messages] == ["system", "user"]
+    assert 'A user asks: "a snack for hiking"' in text
+    assert "- Budget: price range the user is comfortable with" in text  # the "Aspect:" prefix is not repeated
+    assert "- Flavor Profile: sweet, salty or spicy" in text
+    for phrase in (
+        "Analyse the request",
+        "aspects listed above",
+        "memory_retrieval_tool",
+        "several times",
+        "step by step",
+        BOX_WITH_IDS,
+        "as detailed as possible",
+        "keywords",
+        "useful_memory_ids list",
+    ):
+        assert phrase in text, phrase
+    assert p.tools[0]["function"]["name"] == "memory_retrieval_tool"
+    assert p.tools[0]["function"]["parameters"]["required"] == ["query"]
+
+
+def test_no_memory_prompt_is_query_rewriting_only():
+    p = build_prompt("no_memory", "a snack for hiking", aspects=ASPECTS)
+    text = user_text(p)
+    assert p.tools is None
+    assert "memory_retrieval_tool" not in text and "Budget" not in text and "useful_memory_ids" not in text
+    assert '\\boxed{"ideal_item_profile": "<detailed item description>"}' in text
+    assert build_messages("q", ASPECTS, use_memory=False) == build_prompt("no_memory", "q").messages
+    assert build_messages("q", ASPECTS) == build_prompt("mrrec", "q", aspects=ASPECTS).messages
+    assert prompt_tools(False) is None and prompt_tools(True) == build_prompt("mrrec", "q").tools
+
+
+@pytest.mark.parametrize("kind,header", [("naive", "most recent purchases"), ("static", "profile of this user")])
+def test_memory_text_variants(kind, header):
+    p = build_prompt(kind, "tea", aspects=ASPECTS, memory_text="Item 1: Assam tea (5 stars)")
+    text = user_text(p)
+    assert header in text and "Item 1: Assam tea (5 stars)" in text
+    assert p.tools is None and "Budget" not in text
+    with pytest.raises(ValueError, match="memory_text"):
+        build_prompt(kind, "tea", memory_text="  ")
+
+
+def test_global_only_and_empty_aspects():
+    p = build_prompt("global_only", "tea", aspects=ASPECTS)
+    assert p.tools is None and "Budget" in user_text(p) and "memory_retrieval_tool" not in user_text(p)
+    bare = build_prompt("mrrec", "tea", aspects=[])
+    assert "shared memory" not in user_text(bare) and "aspects listed above" not in user_text(bare)
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="unknown prompt kind"):
+        build_prompt("fancy", "tea")  # type: ignore[arg-type]
+    assert set(PROMPT_KINDS) == {"mrrec", "global_only", "no_memory", "naive", "static"}
+
+
+def test_structured_messages_for_chat_apis():
+    raw = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": 'Let me look.\n<tool_call>{"name": "memory_retrieval_tool", '
+            '"arguments": {"query": "tea"}}</tool_call>',
+        },
+        {"role": "tool", "name": "memory_retrieval_tool", "content": "[rec:1] (record, Tea) Assam"},
+        {"role": "assistant", "content": "<tool_call>{broken</tool_call>"},
+        {"role": "tool", "name": "memory_retrieval_tool", "content": "Error: bad call"},
+        {"role": "assistant", "content": "done"},
+    ]
+    out = structured_messages(raw)
+    assert out[1] == {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "memory_retrieval_tool", "arguments": {"query": "tea"}}}
+        ],
+    }
+    assert out[2] == raw[2]
+    assert out[3] == raw[3] and out[4] == {
+        "role": "user",
+        "content": "<tool_response>\nError: bad call\n</tool_response>",
+    }
+    assert out[5] == raw[5] and raw[1]["content"].startswith("Let me look.\n<tool_call>")  # input untouched

@@ -1,0 +1,221 @@
+"""GRPO stage: config building (CPU and paper-scale dry run), tool-result masking, a 2-step smoke run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_support import (
+    ANSWER_TEXT,
+    TOOL_CALL_TEXT,
+    TOOL_RESULT,
+    boxed_reward,
+    fake_tool_factory,
+    grpo_rows,
+    smol_tokenizer,
+    tiny_model,
+)
+
+from mrrec_lib.config import Config, load_config
+from mrrec_lib.runs import RunPaths, read_jsonl
+from mrrec_lib.train.callbacks import StepLogger, ValidationCallback
+from mrrec_lib.train.environment import make_memory_env, tool_schema
+from mrrec_lib.train.grpo import batch_layout, build_grpo_config, build_grpo_trainer
+
+
+def _cfg(tmp_path, **kw) -> Config:
+    base = dict(
+        outputs_dir=str(tmp_path),
+        run_name="t",
+        device="cpu",
+        grpo_num_generations=2,
+        grpo_batch_prompts=2,
+        grpo_max_steps=2,
+        grpo_max_completion_length=256,
+        max_tool_calls=2,
+        grpo_save_every=100,
+        lora_r=4,
+        lora_alpha=8,
+        grpo_micro_batch=0,
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def _paths(tmp_path) -> RunPaths:
+    return RunPaths(tmp_path / "t").ensure()
+
+
+def test_batch_layout_counts_completions():
+    cfg = Config(grpo_batch_prompts=256, grpo_num_generations=5, grpo_micro_batch=8)
+    assert batch_layout(cfg, processes=4) == (8, 40)
+    assert batch_layout(Config(grpo_batch_prompts=2, grpo_num_generations=4, grpo_micro_batch=0), 1) == (8, 1)
+    assert batch_layout(Config(grpo_batch_prompts=2, grpo_num_generations=4, grpo_micro_batch=2), 1) == (2, 4)
+    assert batch_layout(Config(grpo_batch_prompts=1, grpo_num_generations=2, grpo_micro_batch=8), 1) == (2, 1)
+    with pytest.raises(ValueError, match="grpo_micro_batch"):
+        batch_layout(Config(grpo_batch_prompts=2, grpo_num_generations=4, grpo_micro_batch=3), 1)
+    with pytest.raises(ValueError, match="processes"):
+        batch_layout(Config(grpo_batch_prompts=1, grpo_num_generations=5), 2)
+
+
+def test_cpu_config_is_cpu_safe(tmp_path):
+    cfg = _cfg(tmp_path)
+    args = build_grpo_config(cfg, _paths(tmp_path))
+    assert args.use_cpu and not args.bf16 and not args.activation_checkpointing
+    assert args.num_generations == 2 and args.per_device_train_batch_size == 4
+    assert args.max_tool_calling_iterations == 2
+    assert args.epsilon == cfg.grpo_epsilon and args.beta == cfg.grpo_beta and args.learning_rate == cfg.grpo_lr
+    assert (
+        build_grpo_config(_cfg(tmp_path, policy_uses_memory=False), _paths(tmp_path)).max_tool_calling_iterations
+        is None
+    )
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="use_vllm"):
+            build_grpo_config(_cfg(tmp_path, use_vllm=True), _paths(tmp_path))
+
+
+def test_paper_settings_dry_run_builds_trainer(tmp_path, root):
+    """params/paper.yaml (4 GPUs, vLLM, ZeRO-3) checked on CPU: the config builds and a trainer constructs."""
+    cfg = load_config(
+        root / "params" / "paper.yaml",
+        overrides={"outputs_dir": str(tmp_path), "run_name": "t", "device": "cpu", "grpo_micro_batch": 8},
+    )
+    assert cfg.use_vllm and cfg.accelerate_config and (root / cfg.accelerate_config).exists()
+    args = build_grpo_config(cfg, _paths(tmp_path), processes=4, dry_run=True)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 40)
+    assert args.num_generations == 5 and args.max_completion_length == 768 and args.learning_rate == 1e-6
+    tok = smol_tokenizer()
+    trainer = build_grpo_trainer(
+        cfg, args, tiny_model(tok), tok, grpo_rows(4), [boxed_reward], make_memory_env(None, 3, fake_tool_factory)
+    )
+    assert [t.__name__ for t in trainer.tools] == ["memory_retrieval_tool"]
+
+
+def _scripted_generation(trainer, tok):
+    """Replace model sampling: turn 1 emits a tool call, turn 2 (after the tool result) the boxed answer."""
+    eos = tok.eos_token_id
+    call = tok(TOOL_CALL_TEXT, add_special_tokens=False)["input_ids"] + [eos]
+    answer = tok(ANSWER_TEXT, add_special_tokens=False)["input_ids"] + [eos]
+    tool_response_ids = tok("<tool_response>", add_special_tokens=False)["input_ids"]
+
+    def generate(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        def after_tool(ids):
+            n = len(tool_response_ids)
+            return any(ids[i : i + n] == tool_response_ids for i in range(len(ids) - n + 1))
+
+        return [answer if after_tool(ids) else call for ids in prompt_ids], None
+
+    trainer._generate_single_turn = generate
+    return call, answer
+
+
+def test_tool_result_tokens_are_excluded_from_the_loss(tmp_path):
+    cfg = _cfg(tmp_path)
+    tok = smol_tokenizer()
+    args = build_grpo_config(cfg, _paths(tmp_path))
+    rows = grpo_rows(2)
+    trainer = build_grpo_trainer(
+        cfg, args, tiny_model(tok), tok, rows, [boxed_reward], make_memory_env(None, 3, fake_tool_factory)
+    )
+    call, answer = _scripted_generation(trainer, tok)
+    trainer.model.train()
+    inputs = [r for r in rows for _ in range(cfg.grpo_num_generations)]
+    batch = trainer._generate_and_score_completions(inputs)
+
+    ids, mask = batch["completion_ids"][0], batch["completion_mask"][0]
+    tool_mask = batch["tool_mask"][0]
+    n = int(mask.sum())
+    masked_text = tok.decode(ids[:n][tool_mask[:n] == 0])
+    kept_text = tok.decode(ids[:n][tool_mask[:n] == 1])
+    # the tool result (and its chat-template framing) is exactly what is masked; the model's own turns are kept
+    assert TOOL_RESULT in masked_text and "<tool_response>" in masked_text
+    assert "snapshot u0@100" in masked_text  # the environment searched this row's memory snapshot
+    assert "memory_retrieval_tool" not in masked_text and "ideal_item_profile" not in masked_text
+    assert tok.decode(call) in kept_text and tok.decode(answer) in kept_text
+    assert int(tool_mask[:n].sum()) == len(call) + len(answer)
+
+    # gradient proof: d(loss)/d(log-prob) is zero at every tool-result position, nonzero at the model's own tokens
+    captured = {}
+    original = trainer._get_per_token_logps_and_entropies
+
+    def spy(*a, **kw):
+        logps, entropies, aux = original(*a, **kw)
+        logps = logps.detach().requires_grad_(True)
+        captured["logps"] = logps
+        return logps, entropies, aux
+
+    trainer._get_per_token_logps_and_entropies = spy
+    batch["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])  # nonzero, so the policy term has a gradient
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test bypasses
+    loss = trainer._compute_loss(trainer.model, batch)
+    loss.backward()
+    grad = captured["logps"].grad
+    valid = batch["completion_mask"].bool()
+    tool_pos = valid & (batch["tool_mask"] == 0)
+    model_pos = valid & (batch["tool_mask"] == 1)
+    assert tool_pos.any() and torch.all(grad[tool_pos] == 0)
+    assert torch.all(grad[model_pos] != 0)
+
+
+def test_tool_schema_matches_what_trl_renders(tmp_path):
+    schema = tool_schema()
+    assert schema["function"]["name"] == "memory_retrieval_tool"
+    assert list(schema["function"]["parameters"]["properties"]) == ["query"]
+    tok = smol_tokenizer()
+    env = make_memory_env(None, 3, fake_tool_factory)()
+    msgs = [{"role": "user", "content": "hi"}]
+    rendered_from_method = tok.apply_chat_template(msgs, tools=[env.memory_retrieval_tool], tokenize=False)
+    assert rendered_from_method == tok.apply_chat_template(msgs, tools=[schema], tokenize=False)
+
+
+def test_grpo_smoke_two_steps_with_validation_and_logs(tmp_path):
+    cfg = _cfg(tmp_path, grpo_max_steps=2)
+    paths = _paths(tmp_path)
+    tok = smol_tokenizer()
+    args = build_grpo_config(cfg, paths)
+    evaluations = []
+
+    def evaluate(model):
+        evaluations.append(model.training)
+        return {"ndcg@100": 0.5 - 0.1 * len(evaluations), "format_rate": 0.0}
+
+    saved = []
+    validator = ValidationCallback(evaluate, saved.append, paths.logs / "val.jsonl", every=1, patience=1)
+    trainer = build_grpo_trainer(
+        cfg,
+        args,
+        tiny_model(tok),
+        tok,
+        grpo_rows(4),
+        [boxed_reward],
+        make_memory_env(None, 3, fake_tool_factory),
+        [StepLogger(paths.logs / "steps.jsonl"), validator],
+    )
+    _scripted_generation(trainer, tok)
+    trainer.train()
+    val = read_jsonl(paths.logs / "val.jsonl")
+    # step 0 is the best (the metric only falls), patience 1 stops after the first worse evaluation
+    assert [r["step"] for r in val] == [0, 1] and saved == [0]
+    assert trainer.state.global_step == 1
+    assert evaluations == [False, False]  # evaluated in eval mode
+    steps = read_jsonl(paths.logs / "steps.jsonl")
+    logged = {k for row in steps for k in row}
+    assert {"reward", "tools/call_frequency", "completions/mean_length", "step_seconds"} <= logged
+    assert steps[0]["tools/call_frequency"] == pytest.approx(1.0)
+    assert steps[0]["reward"] == pytest.approx(1.0)
+    assert (paths.logs / "steps.csv").exists()
+    # a resumed callback replays its history: patience already used up, best stays at step 0
+    again = ValidationCallback(evaluate, saved.append, paths.logs / "val.jsonl", every=1, patience=1)
+    assert (again.best_step, again.bad_evals) == (0, 1)
+
+
+def test_script_entry_reads_the_run_config(tmp_path):
+    """`python -m mrrec_lib.train.grpo --config ...` (what `accelerate launch` runs) fails clearly on a bad config."""
+    from mrrec_lib.config import ConfigError
+    from mrrec_lib.train.grpo import main
+
+    with pytest.raises(ConfigError, match="not found"):
+        main(["--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo_num_generation: 4\n")  # misspelled key
+    with pytest.raises(ConfigError, match="grpo_num_generation"):
+        main(["--config", str(bad)])

@@ -1,0 +1,146 @@
+"""SFT warm-up: scripted trajectories, reward filtering, assistant-only loss mask, training + resume + loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_support import TOOL_RESULT, smol_tokenizer, tiny_model
+
+from mrrec_lib.agent.parse import parse_answer
+from mrrec_lib.config import Config
+from mrrec_lib.runs import MissingStageError, RunPaths, read_jsonl
+from mrrec_lib.train import checkpoints
+from mrrec_lib.train.environment import TOOL_NAME, tool_schema
+from mrrec_lib.train.sft import build_sft_config, build_sft_trainer, train_sft
+from mrrec_lib.train.sft_data import _filter, score_completions, scripted_conversation
+
+ROW = {
+    "qid": "q1",
+    "query": "I want a crunchy snack for movie night",
+    "category": "Grocery",
+    "target_item_id": "SECRET",
+}
+ASPECTS = [
+    {"aspect": "Flavor Profile", "text": "Flavor Profile: sweet or salty"},
+    {"aspect": "Price", "text": "Price: budget per pack"},
+    {"aspect": "Dietary Needs", "text": "Dietary Needs: gluten free, vegan"},
+]
+HITS = [
+    {"entry_id": "pref:grocery:1", "text": "Prefers salty crunchy snacks like sea salt chips", "level": "pattern"},
+    {"entry_id": "rec:3", "text": "Bought kettle chips, rated 5", "level": "record"},
+]
+
+
+def _conversation(seed=0, max_calls=3):
+    return scripted_conversation(
+        ROW, ASPECTS, lambda q: HITS, lambda q: f"{TOOL_RESULT} for {q}", max_calls, np.random.default_rng(seed)
+    )
+
+
+def _record(messages):
+    prompt = [{"role": "system", "content": "You recommend products."}, {"role": "user", "content": ROW["query"]}]
+    return {"qid": "q1", "messages": prompt + messages, "tools": json.dumps([tool_schema()]), "reward": 1.0}
+
+
+def test_scripted_trajectory_calls_the_tool_and_answers_without_target():
+    counts = set()
+    for seed in range(12):
+        msgs = _conversation(seed)
+        calls = [m for m in msgs if m["role"] == "assistant" and m.get("tool_calls")]
+        tools = [m for m in msgs if m["role"] == "tool"]
+        assert 1 <= len(calls) <= 3 and len(tools) == len(calls)
+        counts.add(len(calls))
+        assert all(c["tool_calls"][0]["function"]["name"] == TOOL_NAME for c in calls)
+        assert all(c["content"].strip() for c in calls)  # reasoning text before each call
+        answer = parse_answer(msgs[-1]["content"])
+        assert answer.ok and "crunchy snack" in answer.profile and "salty" in answer.profile
+        assert set(answer.memory_ids) <= {h["entry_id"] for h in HITS} and answer.memory_ids
+        assert "SECRET" not in json.dumps(msgs)
+    assert len(counts) > 1  # the number of calls varies across trajectories
+
+
+def test_filter_keeps_parseable_rewarded_and_reports_drops():
+    cfg = Config(sft_reward_threshold=0.5)
+    good = _conversation()
+    broken = good[:-1] + [{"role": "assistant", "content": "I think chips."}]
+    candidates = [(ROW, [], good, 1.0), (ROW, [], broken, 2.0), (ROW, [], good, 0.2)]
+    data = _filter(candidates, cfg, "scripted")
+    assert (
+        data.report["kept"] == 1 and data.report["dropped_unparseable"] == 1 and data.report["dropped_low_reward"] == 1
+    )
+    assert data.records[0]["n_tool_calls"] >= 1 and data.records[0]["reward"] == 1.0
+
+
+def test_score_completions_sums_reward_funcs_with_dataset_columns():
+    seen = {}
+
+    def f1(prompts, completions, target_item_id, **kw):
+        seen["targets"] = target_item_id
+        return [1.0] * len(completions)
+
+    def f2(prompts, completions, **kw):
+        return [0.25] * len(completions)
+
+    assert score_completions([f1, f2], [[]], [_conversation()], [ROW]) == [1.25]
+    assert seen["targets"] == ["SECRET"]  # the reward (not the teacher) sees the target
+
+
+def test_assistant_only_loss_masks_prompt_and_tool_results(tmp_path):
+    cfg = Config(outputs_dir=str(tmp_path), run_name="t", device="cpu", sft_max_steps=1, lora_r=4, lora_alpha=8)
+    paths = RunPaths(tmp_path / "t").ensure()
+    tok = smol_tokenizer()
+    msgs = _conversation(seed=3)
+    trainer = build_sft_trainer(cfg, build_sft_config(cfg, paths), tiny_model(tok), tok, [_record(msgs)])
+    ex = trainer.train_dataset[0]
+    ids, mask = np.array(ex["input_ids"]), np.array(ex["labels"]) != -100  # TRL folds the assistant mask into labels
+    trained = tok.decode(ids[mask == 1])
+    ignored = tok.decode(ids[mask == 0])
+    assert TOOL_RESULT in ignored and TOOL_RESULT not in trained  # retrieved memory is never a target
+    assert "<tool_response>" in ignored and ROW["query"] in ignored and "memory_retrieval_tool" in ignored  # schema
+    assert '"name": "memory_retrieval_tool"' in trained and "\\boxed{" in trained
+    assert trained.rstrip().endswith("<|im_end|>")  # the model learns to stop
+    assert np.array_equal(np.array(ex["labels"])[mask], ids[mask])
+    batch = trainer.data_collator([ex])
+    assert torch.equal(batch["labels"][0] != -100, torch.tensor(mask))
+
+
+def test_train_resume_publish_and_load(tmp_path, monkeypatch):
+    cfg = Config(
+        outputs_dir=str(tmp_path),
+        run_name="t",
+        device="cpu",
+        sft_max_steps=1,
+        sft_save_every=1,
+        sft_batch_size=1,
+        sft_lr=1e-2,
+        lora_r=4,
+        lora_alpha=8,
+    )
+    paths = RunPaths(tmp_path / "t").ensure()
+    tok = smol_tokenizer()
+    records = [_record(_conversation(seed=s, max_calls=1)) for s in range(2)]  # short: the 49k-vocab head dominates
+    with pytest.raises(MissingStageError, match="03"):
+        checkpoints.load_policy(cfg, paths, "sft")
+
+    out = train_sft(cfg, paths, records, tiny_model(tok), tok)
+    assert out["last_step"] == 1 and out["examples"] == 2 and np.isfinite(out["train_loss"])
+    # resume: a longer run continues from checkpoint-1 instead of starting over
+    out = train_sft(cfg.model_copy(update={"sft_max_steps": 2}), paths, records, tiny_model(tok), tok)
+    assert out["last_step"] == 2
+    assert [r["step"] for r in read_jsonl(paths.logs / "03_sft_train.jsonl") if "loss" in r] == [1, 2]
+
+    meta = checkpoints.read_policy_meta(checkpoints.final_dir(paths, "sft"))
+    assert meta["adapter"] and meta["base"] == {"model": cfg.policy_model}
+    # load_policy rebuilds base + adapter; with the tiny base model it must reproduce the trained weights
+    monkeypatch.setattr("mrrec_lib.llm.load_causal_lm", lambda name, cfg, for_training=False: (tiny_model(tok), tok))
+    merged, _ = checkpoints.load_policy(cfg, paths, "sft")
+    from peft import PeftModel
+
+    reference = PeftModel.from_pretrained(tiny_model(tok), str(checkpoints.final_dir(paths, "sft")))
+    x = torch.tensor([tok("hello there", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(merged(x).logits, reference(x).logits, atol=1e-4)
+        assert not torch.allclose(merged(x).logits, tiny_model(tok)(x).logits, atol=1e-4)  # training changed it
