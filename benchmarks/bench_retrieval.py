@@ -91,6 +91,17 @@ def throughput(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], qu
     return ids, t
 
 
+def rank_cost(idx: DenseIndex, q: np.ndarray) -> dict:
+    """Cost of one exact-rank call (`ItemRetriever.ranks`' full scan) for a batch of len(q) texts."""
+    targets = np.arange(len(q))
+    thr = np.einsum("ij,ij->i", q, idx.vectors(targets))
+    _, t = timed(lambda: idx.exact_counts(q, thr, exclude=targets))
+    t["texts"] = len(q)
+    t["ms_per_text_cpu_normalised"] = 1000 * t["cpu_s"] / (os.cpu_count() or 1) / len(q)
+    print(f"  exact ranks, batch {len(q)}: {t['wall_s']:.2f} s wall, {t['cpu_s']:.2f} CPU s", flush=True)
+    return t
+
+
 def recall_vs_exact(approx: np.ndarray, exact: np.ndarray) -> float:
     k = exact.shape[1]
     return float(np.mean([np.intersect1d(a[a >= 0], e).size / k for a, e in zip(approx, exact, strict=True)]))
@@ -126,6 +137,7 @@ def bench_pool(n: int, dim: int, args: argparse.Namespace, res: dict, save: Call
     exact_ids, tp = throughput(lambda x: flat.search(x, args.k), q)
     res["exact_mrrec"] = {"build": t, "search": tp, "rss_delta_bytes": rss_bytes() - rss0, "index_bytes": index_bytes(flat)}
     print(f"[{n:,} x {dim}] exact (mrrec flat): {tp['qps_wall']:.1f} q/s wall, {tp['qps_cpu_normalised']:.1f} cpu-normalised", flush=True)
+    res["exact_ranks"] = [rank_cost(flat, q[:m]) for m in args.rank_batches]
     save()
 
     if args.faiss_flat_queries:
@@ -204,6 +216,7 @@ def main() -> None:
     ap.add_argument("--ef-search", type=int, nargs="+", default=[1000, 2000])
     ap.add_argument("--hnsw-max-n", type=int, default=PAPER_POOL, help="skip HNSW above this pool size")
     ap.add_argument("--faiss-flat-queries", type=int, default=200, help="queries for the plain IndexFlatIP comparison (0: skip)")
+    ap.add_argument("--rank-batches", type=int, nargs="*", default=[1, 8, 64], help="texts per exact-rank call timed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks/retrieval.json"))
     args = ap.parse_args()

@@ -57,7 +57,8 @@ def retrieval_tables(rep: dict) -> list[str]:
             h = p["hnsw"]
             for i, r in enumerate(h["runs"]):
                 out.append(_row("HNSW-Flat", f"M {h['M']}, efC {h['ef_construction']}, efSearch {r['ef_search']}", h["build"] if i == 0 else None, r["search"], r[f"recall@{k}"], h["index_bytes"] if i == 0 else None, h["rss_delta_bytes"] if i == 0 else None))
-        out += ["", *target_check(p), ""]
+        ranks = ", ".join(f"{r['texts']} texts {r['wall_s']:.2f} s wall / {r['cpu_s']:.2f} CPU s" for r in p.get("exact_ranks", []))
+        out += ["", *target_check(p), *([f"- one exact-rank call (full scan): {ranks}."] if ranks else []), ""]
     return out
 
 
@@ -88,7 +89,7 @@ def target_check(p: dict) -> list[str]:
 
 def encoder_table(rep: dict) -> list[str]:
     out = [
-        f"Encoder `{rep['model']}` on {rep['device']}, {rep['nproc']} cores, {rep['cpu_model']}; load {rep['load_s']:.1f} s.",
+        f"Encoder `{rep['model']}` on {rep['device']}, {rep['nproc']} cores, {rep['cpu_model']}; model load {rep['load_s']:.1f} s.",
         "",
         f"Command: `{rep['command']}`",
         "",

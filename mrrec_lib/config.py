@@ -84,8 +84,8 @@ class Config(BaseModel):
     encoder_max_length: int = 256
     item_retriever: Literal["dense", "bm25"] = "dense"
     index_type: Literal["flat", "ivf", "hnsw"] = "flat"
-    ivf_nlist: int = 4096
-    ivf_nprobe: int = 64
+    ivf_nlist: int = 1024  # 1M pool: built in 60 CPU-s; 4096 lists had not finished after ~400 CPU-s (docs/results.md)
+    ivf_nprobe: int = 16  # recall@1000 0.995 on the synthetic 1M benchmark
     hnsw_m: int = 32
     hnsw_ef_search: int = 256
     hnsw_ef_construction: int = 80  # build-time beam width: recall vs. build time (benchmarks/bench_retrieval.py)
@@ -147,8 +147,8 @@ class Config(BaseModel):
     grpo_enabled: bool = True
     grpo_start: Literal["sft", "base"] = "sft"
     grpo_num_generations: int = 4
-    grpo_batch_prompts: int = 2
-    grpo_max_steps: int = 12  # CPU default sized for ~60 min on 2 cores (~4 min/step + validation); paper: epochs
+    grpo_batch_prompts: int = 1  # x G completions per step; CPU default (paper: 256)
+    grpo_max_steps: int = 12  # CPU default: ~60 min on 2 cores (~3.5 min/step + 4 validations); paper: epochs
     grpo_epochs: float = 5.0
     grpo_lr: float = 1e-5
     grpo_beta: float = 0.0

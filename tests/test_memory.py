@@ -210,6 +210,9 @@ def test_summaries_that_copy_the_prompt_or_invent_prices_are_malformed():
     assert parse_summary("Prefers Harney black tea at about $12 and rates it highly.", prompt) is None
     assert parse_summary("Bought Harney Tea. Review: lovely smooth black tea with a hint of vanilla.", prompt) is None
     assert parse_summary("ok", prompt) is None
+    assert (
+        parse_summary("The profile is: Spending habits: Brand inclination: Style priorities: Lifestyle hints:") is None
+    )
     assert parse_summary("Prefers black tea from Harney and smooth vanilla notes overall.", prompt)
     assert parse_summary("Prefers black tea from Bunsters and Souris, the top 3 pick of 300.", prompt) is None
     assert parse_summary("Likes loose tea. Likes loose tea. Likes loose tea. Prefers smooth black blends.") == (

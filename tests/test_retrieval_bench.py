@@ -30,6 +30,7 @@ def test_bench_retrieval_tiny_run(tmp_path, monkeypatch):
     assert 0 < recalls[0] <= recalls[1] and recalls[1] == 1.0  # nprobe = nlist is exhaustive
     assert pool["ivf"]["nlist"] == 51 and pool["hnsw"]["runs"][0]["search"]["qps_wall"] > 0
     assert pool["exact_mrrec"]["index_bytes"] == 2000 * 384 * 4
+    assert [r["texts"] for r in pool["exact_ranks"]] == [1, 8, 40]  # batch 64 capped at the 40 queries
 
 
 def test_synthetic_pool_is_clustered_unit_vectors():

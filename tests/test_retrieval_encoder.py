@@ -106,3 +106,7 @@ def test_item_retriever_from_run_caches_item_embeddings(encoder, tmp_path, monke
     monkeypatch.setattr(TextEncoder, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-embedded")))
     r2 = ItemRetriever.from_run(cfg, paths)  # same pool: the cached matrix, no encoding
     assert len(r2) == 3
+    monkeypatch.undo()
+    for index_type in ("ivf", "hnsw"):  # built from the memory-mapped cache
+        r3 = ItemRetriever.from_run(cfg.model_copy(update={"index_type": index_type}), paths)
+        assert r3.ranks(["shampoo for curls", "jasmine tea"], ["b", "c"]).tolist() == [1, 1]

@@ -19,8 +19,8 @@ RAW_CHARS = 600  # a malformed turn's raw text is cut here (the notebook view sh
 
 
 def _wrap(text: str, width: int, indent: str, first: str | None = None) -> list[str]:
-    lines = []
-    for para in (text or "").splitlines() or [""]:
+    lines: list[str] = []
+    for para in [p for p in (text or "").splitlines() if p.strip()] or [""]:  # blank lines only stretch the trace
         lines += textwrap.wrap(para, width, initial_indent=first if first is not None and not lines else indent,
                                subsequent_indent=indent) or [indent.rstrip()]
     return lines
@@ -80,7 +80,8 @@ def format_trace(rec: Recommendation, width: int | None = None) -> str:
         cut = raw[:RAW_CHARS] + (" ..." if len(raw) > RAW_CHARS else "")
         out += _wrap(cut or "(empty)", width, "    ")
         label = SOURCE_LABELS.get(rec.retrieval_source, rec.retrieval_source)
-        out += _wrap(rec.retrieval_text, width, "    ", first=f"Items retrieved with {label}: ")
+        shown = textwrap.shorten(rec.retrieval_text, RAW_CHARS // 2, placeholder=" ...")
+        out += _wrap(shown, width, "    ", first=f"Items retrieved with {label}: ")
     out += ["", f"Top {len(rec.items)} of {rec.pool_size:,} items:"]
     for it in rec.items:
         mark = "  ← purchased (target)" if it.is_target else ""

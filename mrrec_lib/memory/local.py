@@ -43,7 +43,7 @@ LOCAL_KEYS = [
     "llm_max_new_tokens",
     "seed",
 ]
-PARTS_VERSION = 1  # bump when a builder's output for the same input changes
+PARTS_VERSION = 2  # bump when a builder's output for the same input changes
 EXTRACTIVE_BATCH = 64  # snapshots per fsync'd batch when no LLM is involved (cheap work, fewer syncs)
 
 

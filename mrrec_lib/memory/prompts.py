@@ -8,6 +8,7 @@ misbehaving model degrades memory quality but never stops the build.
 from __future__ import annotations
 
 import re
+from statistics import median
 from typing import Any
 
 from mrrec_lib.data.text import clean_text
@@ -140,13 +141,16 @@ def _facts(text: str) -> set[str]:
 def parse_summary(text: str, prompt: str = "") -> str | None:
     """A usable free-text summary, or None.
 
-    Beyond form (long enough, mostly words), cheap faithfulness checks against the prompt: a reply that mostly
+    Beyond form (long enough, mostly words, not bare headings), cheap faithfulness checks against the prompt: a reply that mostly
     copies the prompt verbatim is not a summary, and a price, a long number or a mid-sentence capitalised name
     absent from the prompt is an invented fact (small models do both).
     """
     t = clean_llm_text(text)
     if len(t) < 40 or sum(c.isalpha() for c in t) < 0.5 * len(t):
         return None
+    fields = t.split(":")
+    if len(fields) >= 4 and median(len(f.split()) for f in fields) < 4:
+        return None  # a list of headings ("Spending habits: Brand inclination: ...") with nothing under them
     if prompt:
         shingles = _shingles(t)
         if shingles and len(shingles & _shingles(prompt)) > MAX_COPIED * len(shingles):
