@@ -36,18 +36,20 @@ def memory_tree(entries: pd.DataFrame, max_chars: int = 150) -> str:
 
 
 def entries_per_snapshot_figure(entries: pd.DataFrame) -> plt.Figure:
-    """Histogram of entries per snapshot, stacked by memory level."""
+    """Left: histogram of entries per snapshot. Right: every snapshot's entries by level, sorted by size."""
     counts = entries.groupby(["snapshot", "level"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=[lv for lv in LEVELS if lv in counts.columns])
     total = counts.sum(axis=1)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    bins = range(0, int(total.max()) + 2) if len(total) else 10
-    ax.hist([counts[c] for c in counts.columns], bins=bins, stacked=True, label=list(counts.columns))
-    ax.axvline(total.mean(), color="black", ls="--", lw=1, label=f"mean total {total.mean():.1f}")
-    ax.set_xlabel("entries per snapshot (per level, stacked)")
-    ax.set_ylabel("snapshots")
-    ax.set_title(f"Local memory size over {len(total)} snapshots")
-    ax.legend()
+    counts = counts.loc[total.sort_values(kind="stable").index]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    left.hist(total, bins=range(0, int(total.max()) + 2) if len(total) else 10, color="0.4")
+    left.axvline(total.mean(), color="black", ls="--", lw=1, label=f"mean {total.mean():.1f}")
+    left.set(xlabel="entries per snapshot", ylabel="snapshots", title=f"Local memory size ({len(total)} snapshots)")
+    left.legend()
+    x = range(len(counts))
+    right.stackplot(x, *[counts[c] for c in counts.columns], labels=list(counts.columns), step="mid")
+    right.set(xlabel="snapshots, sorted by size", ylabel="entries", title="Entries by level")
+    right.legend(loc="upper left")
     fig.tight_layout()
     return fig
 
