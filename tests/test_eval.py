@@ -152,6 +152,10 @@ def test_zeroshot_malformed_outputs_are_counted_and_scored_by_setting(tmp_path):
         assert summary.loc[0, "malformed_rate"] == pytest.approx(0.3)
         if mode == "zero":
             assert (bad[["R@10", "N@1000"]] == 0).all().all()
+            assert (bad["text"] == "").all() and (bad["parse_error"] != "").all()
+            case = case_studies(res, ITEMS, n=10, system="zeroshot_none")
+            shown = [format_case_study(c) for c in case if c["malformed"]]
+            assert len(shown) == 3 and all("nothing was retrieved (scored 0)" in m and "nan" not in m for m in shown)
 
 
 def test_static_setting_without_profile_falls_back_to_no_memory_prompt(tmp_path):

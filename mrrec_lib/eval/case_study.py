@@ -15,6 +15,7 @@ import pandas as pd
 from mrrec_lib.eval.evaluate import EvalResult
 
 TOP_SHOWN = 5
+RAW_SHOWN = 600  # characters of a malformed answer shown
 
 
 def case_system(result: EvalResult) -> str | None:
@@ -53,6 +54,7 @@ def case_studies(
                 "memory_text": r["memory_text"],
                 "profile": r["profile"],
                 "retrieved_text": r["text"],
+                "raw": r["raw"][:RAW_SHOWN],
                 "malformed": bool(r["malformed"]),
                 "parse_error": r["parse_error"],
                 "top_items": [
@@ -89,11 +91,15 @@ def format_case_study(case: dict) -> str:
             "",
             f"**Malformed answer** ({case['parse_error']}): {fallback}.",
             "",
-            f"> {case['retrieved_text'] or ''}",
+            "What the model wrote:",
+            "",
+            f"> {' '.join(case['raw'].split()) or '(nothing)'}",
         ]
     else:
         lines += ["", "**Ideal item profile:**", "", f"> {case['profile']}"]
     lines += ["", f"**Top-{TOP_SHOWN} items:**", ""]
+    if not case["top_items"]:
+        lines.append("(nothing retrieved)")
     for j, it in enumerate(case["top_items"], 1):
         mark = " ✅ (target)" if it["is_target"] else ""
         lines.append(f"{j}. {it['title'] or it['item_id']}{mark}")

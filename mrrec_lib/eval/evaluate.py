@@ -167,6 +167,8 @@ def per_query_frame(rows: list[dict], queries: pd.DataFrame, ks: list[int]) -> p
     q = queries[list(QUERY_COLUMNS)].assign(qid=queries["qid"].astype(str))
     df = df.merge(q, on="qid", how="left", validate="many_to_one")
     df["rank"] = pd.to_numeric(df["rank"], errors="coerce").astype(float).fillna(np.inf)
+    # "" (not None/NaN) marks "nothing was retrieved" and "parsed fine", so string columns stay strings in parquet.
+    df[["text", "parse_error"]] = df[["text", "parse_error"]].fillna("").astype(str)
     ranks = df["rank"].to_numpy()
     for k in ks:
         df[f"R@{k}"] = np.asarray(recall_at_k(ranks, k), dtype=float)
