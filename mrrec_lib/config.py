@@ -130,8 +130,8 @@ class Config(BaseModel):
     sft_rejection_samples: int = 4
     sft_reward_threshold: float = 0.0
     sft_epochs: float = 2.0
-    sft_max_steps: int = -1
-    sft_lr: float = 2e-4
+    sft_max_steps: int = 24  # CPU default: 96 conversations (~14 CPU-s each at ~1.4k tokens), ~20 min; -1: sft_epochs
+    sft_lr: float = 5e-4  # LoRA on a 135M model with few steps; paper-scale params set their own
     sft_batch_size: int = 1  # 1: no padding, so CPU attention stays memory-efficient on ~1.5k-token conversations
     sft_grad_accum: int = 4
     sft_max_length: int = 1536  # longer conversations are dropped (prompt+tools ~850 tokens, +~400 per memory call)
@@ -141,14 +141,14 @@ class Config(BaseModel):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     # ---- GRPO (stage 04) --------------------------------------------------------------
     grpo_enabled: bool = True
     grpo_start: Literal["sft", "base"] = "sft"
     grpo_num_generations: int = 4
     grpo_batch_prompts: int = 1  # x G completions per step; CPU default (paper: 256)
-    grpo_max_steps: int = 12  # CPU default: ~60 min on 2 cores (~3.5 min/step + 4 validations); paper: epochs
+    grpo_max_steps: int = 8  # CPU default: ~35 min on 2 cores (~3 min/step + 3 validations); paper: epochs
     grpo_epochs: float = 5.0
     grpo_lr: float = 1e-5
     grpo_beta: float = 0.0

@@ -2,9 +2,8 @@
 
 The run goes into a temporary outputs folder; each stage's test then reads back
 the metrics JSON the notebook recorded, so a notebook that silently stops
-recording (or records nonsense) fails here. `VERIFIED_STAGES` run in `make test`;
-the rest run under `-m slow` (`make test-all`) until their smoke timing on an idle
-2-core machine is known to fit the CI budget.
+recording (or records nonsense) fails here. The whole suite takes ~6 minutes on an
+idle 2-core machine (docs/results.md), so every stage runs in `make test`.
 """
 
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mrrec_lib import runner
+from mrrec_lib.config import load_config
 from mrrec_lib.runs import STAGES, RunPaths, read_json
 
 pytestmark = pytest.mark.notebooks
@@ -25,7 +25,6 @@ METRIC_FILES = {
     "06": "06_ablations",
     "07": "07_assistant",
 }
-VERIFIED_STAGES = ("01", "02")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,11 +39,6 @@ def _smoke(tmp_path_factory, stages: tuple[str, ...]) -> RunPaths:
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> RunPaths:
-    return _smoke(tmp_path_factory, VERIFIED_STAGES)
-
-
-@pytest.fixture(scope="module")
-def full_smoke_run(tmp_path_factory) -> RunPaths:
     return _smoke(tmp_path_factory, tuple(runner.available_stages()))
 
 
@@ -54,23 +48,52 @@ def _check(paths: RunPaths, stage: str) -> None:
     assert isinstance(metrics, dict) and metrics, f"stage {stage} recorded no metrics"
 
 
-@pytest.mark.parametrize("stage", VERIFIED_STAGES)
+@pytest.mark.parametrize("stage", runner.available_stages())
 def test_stage_recorded_metrics(smoke_run, stage):
     _check(smoke_run, stage)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", runner.available_stages())
-def test_every_stage_recorded_metrics(full_smoke_run, stage):
-    _check(full_smoke_run, stage)
 
 
 def test_data_metrics_report_no_leakage(smoke_run):
     assert read_json(smoke_run.metrics_file("01_data"))["leakage_violations"] == 0
 
 
+def test_sft_trains_the_configured_steps_on_kept_trajectories(smoke_run):
+    m = read_json(smoke_run.metrics_file("03_sft"))
+    cfg = load_config(smoke_run.config_file)
+    assert m["data"]["kept"] > 0 and m["train"]["last_step"] == cfg.sft_max_steps
+    for policy in ("base", "sft"):
+        assert m["validation"][policy]["n"] == cfg.sft_eval_queries
+        assert 0.0 <= m["validation"][policy]["format_rate"] <= 1.0
+
+
+def test_grpo_runs_its_steps_and_reports_before_after(smoke_run):
+    m = read_json(smoke_run.metrics_file("04_rl"))
+    assert m["steps_run"] == load_config(smoke_run.config_file).grpo_max_steps
+    assert len(m["before_after"]) == 2 and len(m["validation"]) >= 2
+
+
+def test_evaluation_fills_every_system_it_can_run(smoke_run):
+    m = read_json(smoke_run.metrics_file("05_eval"))
+    cfg = load_config(smoke_run.config_file)
+    assert m["split"] == "test" and m["n_queries"] == cfg.eval_max_queries
+    # Rec-R1 needs its own training run (params/ablations/recr1.yaml); every other system runs here.
+    assert {s: v["status"] for s, v in m["systems"].items() if s != "recr1"} == {
+        s: "ok" for s in cfg.eval_systems if s != "recr1"
+    }
+    for v in m["systems"].values():
+        if v["status"] == "ok":
+            lo, mean, hi = (v["metrics"]["N@100"][x] for x in ("lo", "mean", "hi"))
+            assert 0.0 <= lo <= mean <= hi <= 1.0
+    assert all(Path(f).exists() for f in m["files"].values())
+
+
+def test_assistant_answers_with_top_k_items(smoke_run):
+    m = read_json(smoke_run.metrics_file("07_assistant"))
+    assert m["request"] and len(m["top_items"]) == load_config(smoke_run.config_file).assistant_k
+
+
 def test_rerun_skips_current_stages(smoke_run):
     before = {p.name: p.stat().st_mtime for p in smoke_run.notebooks.glob("*.ipynb")}
-    runner.run([smoke_run.config_file], only=",".join(VERIFIED_STAGES))
+    runner.run([smoke_run.config_file], only="01,02,03,04,05")
     after = {p.name: p.stat().st_mtime for p in smoke_run.notebooks.glob("*.ipynb")}
     assert before and before == after

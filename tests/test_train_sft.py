@@ -14,8 +14,8 @@ from mrrec_lib.config import Config
 from mrrec_lib.runs import MissingStageError, RunPaths, read_jsonl
 from mrrec_lib.train import checkpoints
 from mrrec_lib.train.environment import TOOL_NAME, tool_schema
-from mrrec_lib.train.sft import build_sft_config, build_sft_trainer, train_sft
-from mrrec_lib.train.sft_data import _filter, score_completions, scripted_conversation
+from mrrec_lib.train.sft import build_sft_config, build_sft_trainer, conversation_length, train_sft
+from mrrec_lib.train.sft_data import _filter, score_completions, scripted_conversation, scripted_rewrite
 
 ROW = {
     "qid": "q1",
@@ -72,6 +72,20 @@ def test_filter_keeps_parseable_rewarded_and_reports_drops():
         data.report["kept"] == 1 and data.report["dropped_unparseable"] == 1 and data.report["dropped_low_reward"] == 1
     )
     assert data.records[0]["n_tool_calls"] >= 1 and data.records[0]["reward"] == 1.0
+
+
+def test_no_memory_setting_gets_tool_free_one_turn_records():
+    """Rec-R1's warm-up must teach its own format: no tool schema, no calls, a profile-only answer."""
+    cfg = Config(policy_uses_memory=False)
+    msgs = scripted_rewrite(ROW)
+    assert len(msgs) == 1 and not msgs[0].get("tool_calls")
+    answer = parse_answer(msgs[0]["content"])
+    assert answer.ok and "crunchy snack" in answer.profile and "Grocery" in answer.profile
+    data = _filter([(ROW, [{"role": "user", "content": ROW["query"]}], msgs, 1.0)], cfg, "scripted")
+    record = data.records[0]
+    assert json.loads(record["tools"]) == [] and record["n_tool_calls"] == 0
+    rendered = smol_tokenizer().apply_chat_template(record["messages"], tools=None, tokenize=False)
+    assert "<tools>" not in rendered and conversation_length(smol_tokenizer(), record) > 0
 
 
 def test_score_completions_sums_reward_funcs_with_dataset_columns():
@@ -131,6 +145,12 @@ def test_train_resume_publish_and_load(tmp_path, monkeypatch):
     out = train_sft(cfg.model_copy(update={"sft_max_steps": 2}), paths, records, tiny_model(tok), tok)
     assert out["last_step"] == 2
     assert [r["step"] for r in read_jsonl(paths.logs / "03_sft_train.jsonl") if "loss" in r] == [1, 2]
+    # another config is another run: its checkpoints and step log start over instead of resuming
+    restarted = cfg.model_copy(update={"sft_lr": 5e-3, "sft_max_steps": 2})
+    out = train_sft(restarted, paths, records, tiny_model(tok), tok)
+    assert out["last_step"] == 2
+    log = [r for r in read_jsonl(paths.logs / "03_sft_train.jsonl") if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2] and 0 < max(r["learning_rate"] for r in log) <= 5e-3  # the new lr only
 
     meta = checkpoints.read_policy_meta(checkpoints.final_dir(paths, "sft"))
     assert meta["adapter"] and meta["base"] == {"model": cfg.policy_model}

@@ -6,6 +6,8 @@ GRPO run on CPU read the same config), so they are derived in one place.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 
 from mrrec_lib.config import Config
+from mrrec_lib.runs import atomic_write_text
 
 
 def use_cuda(cfg: Config) -> bool:
@@ -49,8 +52,33 @@ def set_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.num_threads)
 
 
-def resume_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir`, so a killed run continues instead of restarting."""
-    if not output_dir.is_dir():
-        return None
+# Raising the step budget continues a run; every other stage key defines a different run.
+BUDGET_KEYS = frozenset(
+    {"sft_max_steps", "sft_epochs", "sft_save_every", "grpo_max_steps", "grpo_epochs", "grpo_save_every"}
+)
+
+
+def resume_key(cfg: Config, stage: str) -> str:
+    """What a checkpoint must have been trained under to be resumed: the stage config minus its step budget."""
+    from mrrec_lib.stages import stage_keys
+
+    return cfg.digest([k for k in stage_keys(stage) if k not in BUDGET_KEYS])
+
+
+def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` when it was written under the same `resume_key`.
+
+    A killed run continues instead of restarting. Checkpoints of another config would continue
+    a different run (or fail on mismatched optimizer shapes), so they are removed together with
+    the `state` (step/validation logs, best model) that describes them.
+    """
+    stamp = output_dir / "resume_key"
+    if output_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != key):
+        for p in (output_dir, *state):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, key)
     return get_last_checkpoint(str(output_dir))

@@ -36,7 +36,7 @@ from mrrec_lib.train.checkpoints import (
     publish_policy,
     stage_dir,
 )
-from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, set_threads
+from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, resume_key, set_threads
 from mrrec_lib.train.environment import make_memory_env
 
 
@@ -217,6 +217,9 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
         trainer_box["trainer"].save_model(str(best_dir))
         write_json(best_dir / "step.json", {"step": step})
 
+    resume = resume_checkpoint(
+        Path(args.output_dir), resume_key(cfg, "04"), [steps_log, steps_log.with_suffix(".csv"), val_log, best_dir]
+    )
     callbacks: list[Any] = [StepLogger(steps_log)]
     validator = None
     if cfg.grpo_eval_every > 0:
@@ -233,7 +236,7 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
     started = time.perf_counter()
     already_stopped = validator is not None and validator.bad_evals >= validator.patience
     if not already_stopped:
-        trainer.train(resume_from_checkpoint=resume_checkpoint(Path(args.output_dir)))
+        trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     if validator is None or validator.best_step < 0:
         trainer.save_model(str(best_dir))

@@ -18,7 +18,7 @@ from mrrec_lib.config import Config
 from mrrec_lib.runs import RunPaths, read_jsonl
 from mrrec_lib.train.callbacks import StepLogger, write_csv_mirror
 from mrrec_lib.train.checkpoints import base_reference, checkpoints_dir, final_dir, publish_policy, stage_dir
-from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, set_threads
+from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, resume_key, set_threads
 
 
 def build_sft_config(cfg: Config, paths: RunPaths):
@@ -98,9 +98,10 @@ def train_sft(
     fitting, lengths = fit_length(tokenizer, records, cfg.sft_max_length)
     args = build_sft_config(cfg, paths)
     log_path = paths.logs / "03_sft_train.jsonl"
+    resume = resume_checkpoint(Path(args.output_dir), resume_key(cfg, "03"), [log_path, log_path.with_suffix(".csv")])
     trainer = build_sft_trainer(cfg, args, model, tokenizer, fitting, [StepLogger(log_path)])
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(Path(args.output_dir)))
+    result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     last = stage_dir(paths, "sft") / "last"
     trainer.save_model(str(last))

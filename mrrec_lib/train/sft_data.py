@@ -75,12 +75,12 @@ def scripted_conversation(
     messages: list[dict[str, Any]] = []
     used_ids: list[str] = []
     found: list[str] = []
-    for i, aspect in enumerate(chosen):
+    for aspect in chosen:
         tool_query = f"{aspect.lower()} {category.lower()}".strip()
-        if i == 0:
-            thought = f"The user wants: {query.rstrip('.')}. {aspect} matters here, so I check what this user prefers."
-        else:
-            thought = f"{aspect} may matter too. Let me look it up."
+        # One fixed sentence naming the aspect: a 135M model learns a constant lead-in followed by
+        # `<tool_call>` within a few dozen steps, while free text echoing the request drifted into
+        # copying the prompt (docs/results.md, Training).
+        thought = f"I look up what this user prefers for {aspect.lower()}."
         messages.append(
             {
                 "role": "assistant",
@@ -111,6 +111,17 @@ def scripted_conversation(
     return messages
 
 
+def scripted_rewrite(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The one-turn trajectory of the no-memory setting (Rec-R1): the profile restates the request and category.
+
+    It teaches only the answer format; what the rewrite should add is left to GRPO, as in Rec-R1.
+    """
+    query, category = str(row["query"]).strip().rstrip("."), str(row.get("category", "")).strip()
+    profile = f"{query}." + (f" Category: {category}." if category else "")
+    answer = json.dumps({"ideal_item_profile": profile}, ensure_ascii=False)
+    return [{"role": "assistant", "content": f"I describe the ideal item from the request.\n\\boxed{answer}"}]
+
+
 def score_completions(
     reward_funcs: Sequence[Callable[..., list[float]]], prompts: list, completions: list, rows: list[dict]
 ) -> list[float]:
@@ -122,14 +133,16 @@ def score_completions(
     return totals.tolist()
 
 
-def _record(row: dict, prompt: list[dict], completion: list[dict], reward: float, teacher: str) -> dict[str, Any]:
+def _record(
+    row: dict, prompt: list[dict], completion: list[dict], reward: float, teacher: str, with_tool: bool
+) -> dict[str, Any]:
     return {
         "qid": str(row["qid"]),
         "teacher": teacher,
         "reward": float(reward),
         "n_tool_calls": sum(1 for m in completion if m["role"] == "tool"),
         "messages": prompt + completion,
-        "tools": json.dumps([tool_schema()]),
+        "tools": json.dumps([tool_schema()] if with_tool else []),
     }
 
 
@@ -144,7 +157,7 @@ def _filter(candidates: list[tuple[dict, list[dict], list[dict], float]], cfg: C
         elif not reward > cfg.sft_reward_threshold:
             low_reward += 1
         else:
-            kept.append(_record(row, prompt, completion, reward, teacher))
+            kept.append(_record(row, prompt, completion, reward, teacher, cfg.policy_uses_memory))
     rewards = [r["reward"] for r in kept]
     report = {
         "teacher": teacher,
@@ -167,20 +180,25 @@ def scripted_data(
     from mrrec_lib.memory.store import memory_tool
 
     rng = np.random.default_rng(cfg.seed)
+    use_memory = cfg.policy_uses_memory  # the setting GRPO trains in: the warm-up teaches that format
     rows, prompts, completions = [], [], []
     for row in tqdm(queries.to_dict("records"), desc="scripted SFT trajectories", disable=not progress):
         snap = snapshot_key(row["user_id"], row["target_timestamp"])
-        aspects = store.global_context(row["query"], row["category"], cfg.global_top_k) if cfg.global_memory else []
-        completion = scripted_conversation(
-            row,
-            aspects,
-            lambda q, s=snap: store.search(s, q, cfg.memory_top_k),
-            memory_tool(store, snap, cfg.memory_top_k),
-            cfg.max_tool_calls,
-            rng,
-        )
+        with_aspects = use_memory and cfg.global_memory
+        aspects = store.global_context(row["query"], row["category"], cfg.global_top_k) if with_aspects else []
+        if use_memory:
+            completion = scripted_conversation(
+                row,
+                aspects,
+                lambda q, s=snap: store.search(s, q, cfg.memory_top_k),
+                memory_tool(store, snap, cfg.memory_top_k),
+                cfg.max_tool_calls,
+                rng,
+            )
+        else:
+            completion = scripted_rewrite(row)
         rows.append(row)
-        prompts.append(build_messages(row["query"], aspects, True))
+        prompts.append(build_messages(row["query"], aspects, use_memory))
         completions.append(completion)
     rewards = score_completions(reward_funcs, prompts, completions, rows)
     return _filter(list(zip(rows, prompts, completions, rewards, strict=True)), cfg, "scripted")
@@ -195,7 +213,8 @@ def best_of_n_data(
 
     n = max(1, cfg.sft_rejection_samples)
     trajs, rewards = run_policy_on_queries(
-        queries, policy, cfg, store=store, retriever=retriever, kind="mrrec", num_samples=n, out_path=out_path
+        queries, policy, cfg, store=store, retriever=retriever, num_samples=n, out_path=out_path,
+        kind="mrrec" if cfg.policy_uses_memory else "no_memory",
     )
     by_qid = {str(r["qid"]): r for r in queries.to_dict("records")}
     best: dict[str, tuple[Any, Any]] = {}
