@@ -89,7 +89,9 @@ def test_evaluation_fills_every_system_it_can_run(smoke_run):
 
 def test_assistant_answers_with_top_k_items(smoke_run):
     m = read_json(smoke_run.metrics_file("07_assistant"))
-    assert m["request"] and len(m["top_items"]) == load_config(smoke_run.config_file).assistant_k
+    cfg = load_config(smoke_run.config_file)
+    assert (m["user_id"], m["request"]) == (cfg.assistant_user, cfg.assistant_request)  # the parameterized request
+    assert len(m["top_items"]) == cfg.assistant_k
 
 
 def test_rerun_skips_current_stages(smoke_run):
