@@ -114,9 +114,14 @@ def build_prompt(kind: PromptKind, query: str, *, aspects: list[dict] | None = N
     return Prompt(kind=kind, messages=messages, tools=[memory_tool_schema()] if with_tool else None)
 
 
+def policy_prompt_kind(use_memory: bool) -> PromptKind:
+    """The setting a trained policy works in: MR.Rec with the memory tool, or Rec-R1's no-memory rewriting."""
+    return "mrrec" if use_memory else "no_memory"
+
+
 def build_messages(query: str, aspects: list[dict], use_memory: bool = True) -> list[Message]:
     """The MR.Rec prompt (use_memory) or the no-memory rewriting prompt; pass `prompt_tools(use_memory)` as tools=."""
-    return build_prompt("mrrec" if use_memory else "no_memory", query, aspects=aspects).messages
+    return build_prompt(policy_prompt_kind(use_memory), query, aspects=aspects).messages
 
 
 def prompt_tools(use_memory: bool = True) -> list[dict] | None:

@@ -16,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from mrrec_lib.config import Config
 from mrrec_lib.runs import atomic_write_text
+from mrrec_lib.stages import stage_keys
 
 
 def use_cuda(cfg: Config) -> bool:
@@ -60,8 +61,6 @@ BUDGET_KEYS = frozenset(
 
 def resume_key(cfg: Config, stage: str) -> str:
     """What a checkpoint must have been trained under to be resumed: the stage config minus its step budget."""
-    from mrrec_lib.stages import stage_keys
-
     return cfg.digest([k for k in stage_keys(stage) if k not in BUDGET_KEYS])
 
 

@@ -181,10 +181,10 @@ def scripted_data(
 
     rng = np.random.default_rng(cfg.seed)
     use_memory = cfg.policy_uses_memory  # the setting GRPO trains in: the warm-up teaches that format
+    with_aspects = use_memory and cfg.global_memory
     rows, prompts, completions = [], [], []
     for row in tqdm(queries.to_dict("records"), desc="scripted SFT trajectories", disable=not progress):
         snap = snapshot_key(row["user_id"], row["target_timestamp"])
-        with_aspects = use_memory and cfg.global_memory
         aspects = store.global_context(row["query"], row["category"], cfg.global_top_k) if with_aspects else []
         if use_memory:
             completion = scripted_conversation(
@@ -208,13 +208,13 @@ def best_of_n_data(
     cfg: Config, queries: pd.DataFrame, policy: Any, store: Any, retriever: Any, teacher: str, out_path=None
 ) -> SFTData:
     """Roll out `policy` (a local TokenPolicy or a ChatLLM) n times per query; keep each query's best rollout."""
-    from mrrec_lib.agent.prompt import structured_messages
+    from mrrec_lib.agent.prompt import policy_prompt_kind, structured_messages
     from mrrec_lib.agent.run import run_policy_on_queries
 
     n = max(1, cfg.sft_rejection_samples)
+    kind = policy_prompt_kind(cfg.policy_uses_memory)
     trajs, rewards = run_policy_on_queries(
-        queries, policy, cfg, store=store, retriever=retriever, num_samples=n, out_path=out_path,
-        kind="mrrec" if cfg.policy_uses_memory else "no_memory",
+        queries, policy, cfg, store=store, retriever=retriever, kind=kind, num_samples=n, out_path=out_path
     )
     by_qid = {str(r["qid"]): r for r in queries.to_dict("records")}
     best: dict[str, tuple[Any, Any]] = {}
