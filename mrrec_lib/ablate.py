@@ -105,6 +105,24 @@ def _one(base: Path, delta: Path | None, only: str | None, outputs: Path) -> dic
                 "traceback": traceback.format_exc(limit=3)}
 
 
+def train_recr1_companion(params: list[str | Path], overrides: dict | None, cfg: Config) -> None:
+    """Stages 01-04 of the Rec-R1 run this run's Table 1 reads, so one `mrrec run` fills every row.
+
+    The companion is this run's params plus the `eval_recr1_params` delta, in folder
+    `eval_recr1_run`; it reuses this run's data and memory (hard links) and skips
+    whatever is already current, so a second call costs nothing.
+    """
+    delta = resolve(cfg.eval_recr1_params)
+    if not delta.exists():
+        raise FileNotFoundError(f"eval_recr1_params: Rec-R1 params delta not found: {delta}")
+    files = [*params, delta]
+    companion = {**(overrides or {}), "run_name": cfg.eval_recr1_run}
+    if load_config(*files, overrides=companion).policy_uses_memory:
+        raise ValueError(f"eval_recr1_params {delta} must set policy_uses_memory: false (Rec-R1 has no memory)")
+    seed_from_donor(*runner.prepare_run(files, companion), resolve(cfg.outputs_dir))
+    runner.run(files, only="01,02,03,04", overrides=companion)
+
+
 def flatten_metrics(run_dir: Path) -> list[dict]:
     """One row per evaluated system of a run, from its recorded metrics/05_eval.json."""
     f = run_dir / "metrics" / "05_eval.json"
@@ -149,10 +167,6 @@ def ablate(base: str | Path, deltas: list[str | Path], jobs: int = 1, only: str 
     results = [_one(base, None, only, outputs)]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results += list(pool.map(lambda d: _one(base, Path(d), only, outputs), deltas))
-    # The base's Table 1 reads Rec-R1 from a delta run of this batch, which did not exist when it was evaluated.
-    produced = {r["run"] for r in results[1:] if r["status"] == "ok"}
-    if base_cfg.eval_recr1_run in produced and "05" in runner.parse_only(only):
-        runner.run([base], only="05", force=True)
     for r in results:
         msg = f"[{r['status']}] {r['ablation']} -> {r['run']}"
         if r.get("shared_stages"):

@@ -123,6 +123,7 @@ class Config(BaseModel):
     reward_retrieval_weight: float = 5.0
     reward_memory_weight: float = 0.1
     malformed_retrieval: Literal["zero", "raw_text"] = "zero"
+    decode_no_repeat_ngram: int = 10  # greedy policy decoding (validation, eval, assistant): no self-generated n-gram twice; 0: off
 
     # ---- SFT warm-up (stage 03) -------------------------------------------------------
     sft_enabled: bool = True
@@ -189,6 +190,7 @@ class Config(BaseModel):
     eval_table_categories: int = 3  # Table 1 shows the categories with the most evaluated queries
     eval_temperature: float = 0.0  # decoding of the evaluated policies and zero-shot LLMs (0: greedy, batch-independent)
     eval_recr1_run: str = ""  # run folder under outputs_dir holding models/recr1 (Rec-R1 trained by a delta run); "": this run
+    eval_recr1_params: str = ""  # params delta that trains Rec-R1 into eval_recr1_run (stages 01-04) before stage 05; "": it must exist
 
     # ---- ablations (stage 06) and assistant (stage 07) ----------------------------------
     ablation_summary: str = "outputs/ablations/summary.csv"

@@ -76,6 +76,15 @@ def execute_stage(stage: str, cfg: Config, paths: RunPaths, log_output: bool = F
     return time.perf_counter() - start
 
 
+def _needs_recr1_companion(cfg: Config) -> bool:
+    """Table 1's Rec-R1 row is trained by a params delta in its own run folder (docs/decisions.md)."""
+    return (
+        "recr1" in cfg.eval_systems
+        and bool(cfg.eval_recr1_run and cfg.eval_recr1_params)
+        and cfg.eval_recr1_run != cfg.run_name
+    )
+
+
 def run(
     params: list[str | Path],
     only: str | None = None,
@@ -94,6 +103,10 @@ def run(
             tqdm.write(f"[{STAGES[stage]}] up to date (config hash {stages.stage_hash(cfg, stage)}), skipped")
             continue
         rerun_downstream = True
+        if stage == "05" and _needs_recr1_companion(cfg):
+            from mrrec_lib.ablate import train_recr1_companion
+
+            train_recr1_companion(params, overrides, cfg)
         stages.forget_from(paths, stage)
         seconds = execute_stage(stage, cfg, paths, log_output=log_output)
         stages.record_stage(paths, stage, cfg, seconds)

@@ -49,6 +49,7 @@ _PREFIX_STAGE: tuple[tuple[str, str], ...] = (
     ("rollout_", "03"),
     ("reward_", "03"),
     ("malformed_retrieval", "03"),
+    ("decode_", "03"),
     ("sft_", "03"),
     ("use_lora", "03"),
     ("lora_", "03"),

@@ -71,3 +71,19 @@ def test_real_model_rollout_produces_consistent_records(smol):
         assert text.startswith(
             tok.apply_chat_template(t.messages[:2], tools=t.tools, tokenize=False, add_generation_prompt=True)
         )
+
+
+def test_no_repeat_new_ngram_bans_only_self_generated_repeats():
+    import torch
+
+    from mrrec_lib.agent.policy import _NoRepeatNewNGram
+
+    # prompt [5, 6, 7] then generated [1, 2, 3, 1, 2]: next 3 would repeat (1, 2, 3) -> banned
+    ids = torch.tensor([[5, 6, 7, 1, 2, 3, 1, 2], [5, 6, 7, 5, 6, 9, 9, 9]])
+    out = _NoRepeatNewNGram(3, start=3)(ids, torch.zeros(2, 10))
+    assert out[0, 3] == -float("inf") and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
+    # row 2 copied the prompt's (5, 6) once, allowed; its own (9, 9) is followed by 9 -> 9 banned
+    assert out[1, 9] == -float("inf") and torch.isfinite(out[1, :9]).all()
+    # the prompt's own n-grams are never banned: (6, 7) -> 1 happened only in the prompt
+    out = _NoRepeatNewNGram(3, start=3)(torch.tensor([[5, 6, 7, 6]]), torch.zeros(1, 10))
+    assert torch.isfinite(out).all()

@@ -53,7 +53,8 @@ def test_sft_trains_the_configured_steps_on_kept_trajectories(smoke_run):
     m = read_json(smoke_run.metrics_file("03_sft"))
     cfg = load_config(smoke_run.config_file)
     assert m["data"]["kept"] > 0 and m["train"]["last_step"] == cfg.sft_max_steps
-    for policy in ("base", "sft"):
+    assert cfg.decode_no_repeat_ngram > 0  # so the guard's effect is measured too
+    for policy in ("base", "sft", "sft, no repeat guard"):
         assert m["validation"][policy]["n"] == cfg.sft_eval_queries
         assert 0.0 <= m["validation"][policy]["format_rate"] <= 1.0
 
@@ -68,10 +69,13 @@ def test_evaluation_fills_every_system_it_can_run(smoke_run):
     m = read_json(smoke_run.metrics_file("05_eval"))
     cfg = load_config(smoke_run.config_file)
     assert m["split"] == "test" and m["n_queries"] == cfg.eval_max_queries
-    # Rec-R1 needs its own training run (params/ablations/recr1.yaml); every other system runs here.
-    assert {s: v["status"] for s, v in m["systems"].items() if s != "recr1"} == {
-        s: "ok" for s in cfg.eval_systems if s != "recr1"
-    }
+    # Rec-R1 included: stage 05 trained it first in its own folder (eval_recr1_params), from this run's data.
+    assert {s: v["status"] for s, v in m["systems"].items()} == {s: "ok" for s in cfg.eval_systems}
+    recr1 = RunPaths(smoke_run.root.parent / cfg.eval_recr1_run)
+    assert read_json(recr1.metrics_file("04_rl"))["steps_run"] == cfg.grpo_max_steps
+    assert (recr1.root / "data" / "queries.parquet").stat().st_ino == (
+        smoke_run.root / "data" / "queries.parquet"
+    ).stat().st_ino  # data hard-linked from this run, not rebuilt
     for v in m["systems"].values():
         if v["status"] == "ok":
             lo, mean, hi = (v["metrics"]["N@100"][x] for x in ("lo", "mean", "hi"))

@@ -102,3 +102,27 @@ def test_write_json_turns_nan_into_null(tmp_path):
 
     f = write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("nan"), 1.0], "c": np.array([np.inf])})
     assert json.loads(f.read_text()) == {"a": None, "b": [None, 1.0], "c": [None]}
+
+
+def test_recr1_companion_only_when_table_1_needs_it():
+    from mrrec_lib.runner import _needs_recr1_companion
+
+    on = Config(eval_recr1_run="abl-recr1", eval_recr1_params="params/ablations/recr1.yaml")
+    assert _needs_recr1_companion(on)
+    assert not _needs_recr1_companion(on.model_copy(update={"eval_systems": ["mrrec"]}))
+    assert not _needs_recr1_companion(on.model_copy(update={"run_name": "abl-recr1"}))  # the companion itself
+    assert not _needs_recr1_companion(Config(eval_recr1_run="abl-recr1"))  # no delta: the folder must exist
+
+
+def test_recr1_companion_names_a_bad_delta(tmp_path):
+    from mrrec_lib.ablate import train_recr1_companion
+
+    base = tmp_path / "base.yaml"
+    base.write_text(f"outputs_dir: {tmp_path / 'out'}\n")
+    cfg = Config(outputs_dir=str(tmp_path / "out"), eval_recr1_run="r", eval_recr1_params=str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        train_recr1_companion([base], None, cfg)
+    memoryful = tmp_path / "memoryful.yaml"
+    memoryful.write_text("seed: 3\n")
+    with pytest.raises(ValueError, match="policy_uses_memory: false"):
+        train_recr1_companion([base], None, cfg.model_copy(update={"eval_recr1_params": str(memoryful)}))

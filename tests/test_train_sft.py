@@ -62,6 +62,18 @@ def test_scripted_trajectory_calls_the_tool_and_answers_without_target():
     assert len(counts) > 1  # the number of calls varies across trajectories
 
 
+def test_scripted_profile_states_several_memory_entries_under_one_lead_in():
+    """A lead-in repeated per entry taught greedy decoding to loop on it and never close the answer."""
+    hits = {a["aspect"].lower(): {"entry_id": f"e{i}", "text": f"likes thing {i}"} for i, a in enumerate(ASPECTS)}
+    msgs = scripted_conversation(
+        ROW, ASPECTS, lambda q: [hits[q.rsplit(" ", 1)[0]]], lambda q: q, 3, np.random.default_rng(0)
+    )
+    answer = parse_answer(msgs[-1]["content"])
+    n_calls = sum(1 for m in msgs if m.get("tool_calls"))
+    assert n_calls >= 2 and n_calls == len(answer.memory_ids) and answer.profile.count("This user's preferences") == 1
+    assert all(f"likes thing {e[1:]}" in answer.profile for e in answer.memory_ids)
+
+
 def test_filter_keeps_parseable_rewarded_and_reports_drops():
     cfg = Config(sft_reward_threshold=0.5)
     good = _conversation()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from mrrec_lib.agent.parse import TOOL_CLOSE
 
@@ -88,6 +88,29 @@ class _StopOnText(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+class _NoRepeatNewNGram(LogitsProcessor):
+    """Bans a token that would repeat an n-gram the row already generated in this call.
+
+    Unlike transformers' `no_repeat_ngram_size`, the prompt is exempt: a profile may
+    quote a memory entry verbatim once, but a greedy 135M model that starts cycling
+    through the same sentence never closes its answer (docs/decisions.md).
+    """
+
+    def __init__(self, n: int, start: int):
+        self.n, self.start = n, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        new = input_ids[:, self.start :].tolist()
+        for row, ids in enumerate(new):
+            if len(ids) < self.n:
+                continue
+            prefix = tuple(ids[len(ids) - self.n + 1 :])
+            banned = [ids[i + self.n - 1] for i in range(len(ids) - self.n + 1) if tuple(ids[i : i + self.n - 1]) == prefix]
+            if banned:
+                scores[row, banned] = -float("inf")
+        return scores
+
+
 @dataclass
 class LocalPolicy:
     """A transformers causal LM + tokenizer generating batches of left-padded contexts."""
@@ -95,13 +118,14 @@ class LocalPolicy:
     model: Any
     tokenizer: Any
     stop_strings: list[str] = field(default_factory=lambda: [TOOL_CLOSE])
+    no_repeat_ngram: int = 0  # greedy decoding only: ban repeating a generated n-gram (0: off)
 
     @classmethod
     def from_config(cls, cfg: Any, name_or_path: str | None = None) -> LocalPolicy:
         from mrrec_lib.llm import load_causal_lm
 
         model, tokenizer = load_causal_lm(name_or_path or cfg.policy_model, cfg)
-        return cls(model=model, tokenizer=tokenizer)
+        return cls(model=model, tokenizer=tokenizer, no_repeat_ngram=cfg.decode_no_repeat_ngram)
 
     @torch.no_grad()
     def generate_ids(
@@ -114,6 +138,8 @@ class LocalPolicy:
         attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], dtype=torch.long)
         device = next(self.model.parameters()).device
         sampling: dict[str, Any] = {"do_sample": False}
+        if self.no_repeat_ngram > 0 and temperature <= 0:  # sampled rollouts stay like GRPO's (TRL has no guard)
+            sampling["logits_processor"] = LogitsProcessorList([_NoRepeatNewNGram(self.no_repeat_ngram, width)])
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         torch.manual_seed(seed)

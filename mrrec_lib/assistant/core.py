@@ -165,7 +165,7 @@ class Assistant:
 
             start = time.perf_counter()
             model, tokenizer = load_policy(self.cfg, self.paths, self.policy_name)
-            self._policy = LocalPolicy(model=model, tokenizer=tokenizer)
+            self._policy = LocalPolicy(model=model, tokenizer=tokenizer, no_repeat_ngram=self.cfg.decode_no_repeat_ngram)
             self.load_seconds = time.perf_counter() - start
         return self._policy
 

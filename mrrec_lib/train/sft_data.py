@@ -99,7 +99,10 @@ def scripted_conversation(
     if category:
         parts.append(f"Category: {category}.")
     parts.append(f"Important aspects: {', '.join(a.lower() for a in chosen)}.")
-    parts += [f"This user's preferences: {t.rstrip('.')}." for t in found]
+    if found:
+        # One lead-in for all entries: a prefix repeated per entry taught greedy decoding to loop on it
+        # and never close the answer (docs/results.md, SFT).
+        parts.append("This user's preferences: " + "; ".join(t.rstrip(".") for t in found) + ".")
     profile = " ".join(parts)
     summary = (
         "The memory shows what this user values; I combine it with the request."
