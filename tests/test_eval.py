@@ -201,6 +201,25 @@ def test_missing_checkpoint_is_reported_not_dropped(tmp_path):
     assert rep.tests.empty  # the reference (mrrec) did not run
 
 
+def test_grpo_that_kept_its_sft_start_reuses_the_sft_answers(tmp_path):
+    from mrrec_lib.train.checkpoints import final_dir, write_policy_meta
+
+    ctx, _ = _ctx(tmp_path)
+    grpo = final_dir(ctx.paths, "grpo")
+    grpo.mkdir(parents=True)
+    write_policy_meta(grpo, base={"which": "sft"}, adapter=True, info={"best_step": 0})
+    calls: list = []
+    runners = {"policy": _fixed_runner({"q00": "hit"}, calls)}
+    res = evaluate_systems(ctx.cfg, ctx.paths, ["mrrec_sft", "mrrec"], context=ctx, runners=runners, progress=False)
+    assert {name for name, _ in calls} == {"mrrec_sft"} and res.reused == {"mrrec": "mrrec_sft"}
+    sft, rl = res.system_rows("mrrec_sft"), res.system_rows("mrrec")
+    assert rl["rank"].tolist() == sft["rank"].tolist() and len(rl) == 10
+    # A GRPO step that beat the start is a different policy: it is rolled out.
+    write_policy_meta(grpo, base={"which": "sft"}, adapter=True, info={"best_step": 4})
+    res = evaluate_systems(ctx.cfg, ctx.paths, ["mrrec_sft", "mrrec"], context=ctx, runners=runners, progress=False)
+    assert res.reused == {} and ("mrrec", ctx.queries["qid"].tolist()[:8]) in calls
+
+
 def test_recr1_from_another_run_must_share_the_data(tmp_path):
     from mrrec_lib import stages
 

@@ -49,6 +49,7 @@ class EvalResult:
     queries: pd.DataFrame
     per_query: pd.DataFrame  # one row per (system, qid): rank, metric columns, latency, memory tokens, texts
     missing: dict[str, str] = field(default_factory=dict)
+    reused: dict[str, str] = field(default_factory=dict)  # system -> the system whose identical policy it shares
 
     @property
     def evaluated(self) -> list[str]:
@@ -178,6 +179,24 @@ def per_query_frame(rows: list[dict], queries: pd.DataFrame, ks: list[int]) -> p
     return df[front + [c for c in df.columns if c not in front]]
 
 
+def unchanged_policy(spec: SystemSpec, ctx: EvalContext) -> str | None:
+    """The system whose policy `spec` loads unchanged: MR.Rec when GRPO kept its start (SFT) checkpoint.
+
+    Stage 04 publishes step 0 when no validation beat it; its adapter is then the fresh zero-initialised
+    LoRA, so the merged weights equal the SFT policy's and greedy decoding would repeat that system's
+    answers token for token at ~14 s per request on 2 CPU cores.
+    """
+    from mrrec_lib.train.checkpoints import POLICY_META, final_dir, read_policy_meta
+
+    if spec.checkpoint != "grpo":
+        return None
+    d = final_dir(ctx.policy_paths("grpo"), "grpo")
+    if not (d / POLICY_META).exists():
+        return None
+    meta = read_policy_meta(d)
+    return "mrrec_sft" if meta.get("best_step") == 0 and meta.get("base") == {"which": "sft"} else None
+
+
 def evaluate_systems(
     cfg: Config,
     paths: RunPaths,
@@ -196,13 +215,21 @@ def evaluate_systems(
     ctx = context or EvalContext(cfg, paths)
     queries = ctx.queries
     factories = {**RUNNERS, **(runners or {})}
-    rows: list[dict] = []
+    rows: dict[str, list[dict]] = {}
     missing: dict[str, str] = {}
+    reused: dict[str, str] = {}
     for spec in specs:
+        same = unchanged_policy(spec, ctx)
+        if same in rows:
+            rows[spec.name] = [{**r, "system": spec.name} for r in rows[same]]
+            reused[spec.name] = same
+            log.info("system %s: same policy as %s (GRPO kept step 0), its answers reused", spec.name, same)
+            continue
         factory = factories.get(spec.name) or factories[spec.kind]
         try:
-            rows += run_system(spec, ctx, queries, factory, progress=progress)
+            rows[spec.name] = run_system(spec, ctx, queries, factory, progress=progress)
         except MissingStageError as e:
             missing[spec.name] = str(e)
             log.warning("system %s not run: %s", spec.name, e)
-    return EvalResult(cfg, specs, queries, per_query_frame(rows, queries, cfg.eval_ks), missing)
+    frame = per_query_frame([r for rs in rows.values() for r in rs], queries, cfg.eval_ks)
+    return EvalResult(cfg, specs, queries, frame, missing, reused)
