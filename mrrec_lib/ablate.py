@@ -19,7 +19,7 @@ import pandas as pd
 
 from mrrec_lib import runner, stages
 from mrrec_lib.config import Config, load_config
-from mrrec_lib.runs import STAGES, RunPaths, atomic_write_text, read_json, resolve, write_json
+from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, atomic_write_text, read_json, resolve, write_json
 
 # Per stage, the run-folder subpaths it produces that later stages only read.
 STAGE_ARTEFACTS: dict[str, tuple[str, ...]] = {
@@ -172,4 +172,4 @@ def ablate(base: str | Path, deltas: list[str | Path], jobs: int = 1, only: str 
         if r.get("shared_stages"):
             msg += f" (reused {','.join(STAGES[s] for s in r['shared_stages'])} from {r['shared_from']})"
         print(msg if r["status"] == "ok" else f"{msg}: {r['error']}")
-    return summarise(results, outputs, resolve(base_cfg.ablation_summary))
+    return summarise(results, outputs, ablation_summary_file(base_cfg))

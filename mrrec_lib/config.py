@@ -193,7 +193,7 @@ class Config(BaseModel):
     eval_recr1_params: str = ""  # params delta that trains Rec-R1 into eval_recr1_run (stages 01-04) before stage 05; "": it must exist
 
     # ---- ablations (stage 06) and assistant (stage 07) ----------------------------------
-    ablation_summary: str = "outputs/ablations/summary.csv"
+    ablation_summary: str = ""  # "": <outputs_dir>/ablations/summary.csv
     ablation_llm_judge: int = 0  # memory contribution: retrieved entries judged by the auxiliary LLM too (2 calls each); 0: keyword heuristic only
     assistant_user: str = ""
     assistant_request: str = ""

@@ -57,6 +57,11 @@ def shared_data_path(cfg: Config, rel: str) -> Path:
     return resolve(base) / rel
 
 
+def ablation_summary_file(cfg: Config) -> Path:
+    """Where `mrrec ablate` writes, and notebook 06 reads, the batch summary: beside the runs it summarises."""
+    return resolve(cfg.ablation_summary or Path(cfg.outputs_dir) / "ablations" / "summary.csv")
+
+
 def cache_dir(cfg: Config | None = None) -> Path:
     d = resolve(os.environ.get("MRREC_CACHE") or (cfg.cache_dir if cfg else "~/.cache/mrrec"))
     d.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def test_batch_shares_stages_survives_a_failure_and_reruns_nothing(tmp_path, rec
     deltas.mkdir()
     base = _write(
         tmp_path / "base.yaml",
-        f"run_name: base\noutputs_dir: {out}\nablation_summary: {out / 'ablations' / 'summary.csv'}\n"
+        f"run_name: base\noutputs_dir: {out}\n"
         f"eval_recr1_run: abl-recr1\neval_recr1_params: {ROOT / 'params' / 'ablations' / 'recr1.yaml'}\n",
     )
     topk = _write(deltas / "topk_1.yaml", "memory_top_k: 1\neval_systems: [mrrec_sft, mrrec]\n")
