@@ -71,13 +71,18 @@ def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) ->
     a different run (or fail on mismatched optimizer shapes), so they are removed together with
     the `state` (step/validation logs, best model) that describes them.
     """
+    from accelerate import PartialState
+
     stamp = output_dir / "resume_key"
-    if output_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != key):
-        for p in (output_dir, *state):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, key)
+    # Under `accelerate launch` the main process cleans up first and stamps the key; the other ranks
+    # then find the stamp current, so no rank deletes files another is reading.
+    with PartialState().main_process_first():
+        if output_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != key):
+            for p in (output_dir, *state):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, key)
     return get_last_checkpoint(str(output_dir))
