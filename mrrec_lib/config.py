@@ -151,7 +151,7 @@ class Config(BaseModel):
     grpo_batch_prompts: int = 1  # x G completions per step; CPU default (paper: 256)
     grpo_max_steps: int = 4  # CPU default: ~3 min per step + ~5 min per validation, ~25 min on 2 cores; paper: epochs
     grpo_epochs: float = 5.0
-    grpo_lr: float = 1e-5
+    grpo_lr: float = 5e-5  # LoRA, 4 CPU steps: 1e-5 changed no greedy validation answer; early stopping guards a bad step
     grpo_beta: float = 0.0
     grpo_epsilon: float = 0.2
     grpo_max_completion_length: int = 512  # model + tool-result tokens; fits 1-2 memory calls + answer (paper: 768)
