@@ -81,12 +81,14 @@ def seed_from_donor(cfg: Config, paths: RunPaths, outputs: Path) -> tuple[str | 
     for stage in prefix:
         for sub in STAGE_ARTEFACTS[stage]:
             _link_tree(donor.root / sub, paths.root / sub)
-        for kind in ("metrics", "notebooks"):
+        # Only the shared stages' files: a later stage's logs would be appended to by this run's own rerun
+        # of that stage (e.g. another SFT's loss curve continuing the donor's).
+        for kind in ("metrics", "notebooks", "figures", "logs"):
             for f in (donor.root / kind).glob(f"{stage}_*"):
-                shutil.copy2(f, paths.root / kind / f.name)
-    for kind in ("figures", "logs"):
-        if (donor.root / kind).exists():
-            shutil.copytree(donor.root / kind, paths.root / kind, dirs_exist_ok=True)
+                if f.is_dir():
+                    shutil.copytree(f, paths.root / kind / f.name, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(f, paths.root / kind / f.name)
     write_json(paths.root / "stages.json", {s: records[s] for s in prefix})
     return donor.root.name, prefix
 

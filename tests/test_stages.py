@@ -55,13 +55,17 @@ def test_seed_from_donor_shares_matching_prefix_only(tmp_path):
     (donor.models / "sft").mkdir()
     (donor.models / "sft" / "adapter.bin").write_text("sft")
     write_json(donor.metrics_file("03_sft"), {"x": 1})
+    (donor.logs / "03_sft_train.jsonl").write_text("{}\n")
+    (donor.logs / "04_grpo_steps.jsonl").write_text("{}\n")
+    (donor.figures / "04_rewards.png").write_text("png")
     abl = Config(run_name="abl", grpo_lr=3e-5)  # differs from stage 04 on
     paths = RunPaths(outputs / "abl").ensure()
     name, shared = seed_from_donor(abl, paths, outputs)
     assert name == "base" and shared == ["01", "02", "03"]
     assert (paths.data / "items.parquet").read_text() == "items"
     assert (paths.models / "sft" / "adapter.bin").exists()
-    assert (paths.metrics / "03_sft.json").exists()
+    assert (paths.metrics / "03_sft.json").exists() and (paths.logs / "03_sft_train.jsonl").exists()
+    assert not (paths.logs / "04_grpo_steps.jsonl").exists() and not (paths.figures / "04_rewards.png").exists()
     assert stages.is_current(paths, "03", abl) and not stages.is_current(paths, "04", abl)
     # A run that already has records is never overwritten by a donor.
     assert seed_from_donor(abl, paths, outputs) == (None, [])
