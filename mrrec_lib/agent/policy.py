@@ -124,7 +124,11 @@ class LocalPolicy:
     def from_config(cls, cfg: Any, name_or_path: str | None = None) -> LocalPolicy:
         from mrrec_lib.llm import load_causal_lm
 
-        model, tokenizer = load_causal_lm(name_or_path or cfg.policy_model, cfg)
+        return cls.for_model(*load_causal_lm(name_or_path or cfg.policy_model, cfg), cfg)
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, cfg: Any) -> LocalPolicy:
+        """A loaded (model, tokenizer) with the config's decoding settings: the one place they are read."""
         return cls(model=model, tokenizer=tokenizer, no_repeat_ngram=cfg.decode_no_repeat_ngram)
 
     @torch.no_grad()
@@ -137,11 +141,12 @@ class LocalPolicy:
         input_ids = torch.tensor([[pad] * (width - len(c)) + list(c) for c in contexts], dtype=torch.long)
         attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], dtype=torch.long)
         device = next(self.model.parameters()).device
-        sampling: dict[str, Any] = {"do_sample": False}
-        if self.no_repeat_ngram > 0 and temperature <= 0:  # sampled rollouts stay like GRPO's (TRL has no guard)
-            sampling["logits_processor"] = LogitsProcessorList([_NoRepeatNewNGram(self.no_repeat_ngram, width)])
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if temperature > 0:  # sampled rollouts decode like GRPO's (TRL has no repeat guard)
+            sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        else:
+            sampling = {"do_sample": False}
+            if self.no_repeat_ngram > 0:
+                sampling["logits_processor"] = LogitsProcessorList([_NoRepeatNewNGram(self.no_repeat_ngram, width)])
         torch.manual_seed(seed)
         out = self.model.generate(
             input_ids=input_ids.to(device),

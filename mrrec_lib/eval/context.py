@@ -233,9 +233,7 @@ class EvalContext:
             from mrrec_lib.train.checkpoints import load_policy
 
             model, tokenizer = load_policy(self.cfg, self.policy_paths(which), which)
-            self._policies[which] = LocalPolicy(
-                model=model, tokenizer=tokenizer, no_repeat_ngram=self.cfg.decode_no_repeat_ngram
-            )
+            self._policies[which] = LocalPolicy.for_model(model, tokenizer, self.cfg)
         return self._policies[which]
 
     def release(self, which: str) -> None:

@@ -61,7 +61,7 @@ def evaluate_policy(
     model.eval()
     trajs, rewards = run_policy_on_queries(
         queries,
-        LocalPolicy(model=model, tokenizer=tokenizer, no_repeat_ngram=cfg.decode_no_repeat_ngram),
+        LocalPolicy.for_model(model, tokenizer, cfg),
         greedy(cfg),
         store=store,
         retriever=retriever,
