@@ -15,7 +15,13 @@ from mrrec_lib.runs import MissingStageError, RunPaths, read_jsonl
 from mrrec_lib.train import checkpoints
 from mrrec_lib.train.environment import TOOL_NAME, tool_schema
 from mrrec_lib.train.sft import build_sft_config, build_sft_trainer, conversation_length, train_sft
-from mrrec_lib.train.sft_data import _filter, score_completions, scripted_conversation, scripted_rewrite
+from mrrec_lib.train.sft_data import (
+    _filter,
+    aspect_clause,
+    score_completions,
+    scripted_conversation,
+    scripted_rewrite,
+)
 
 ROW = {
     "qid": "q1",
@@ -65,13 +71,34 @@ def test_scripted_trajectory_calls_the_tool_and_answers_without_target():
 def test_scripted_profile_states_several_memory_entries_under_one_lead_in():
     """A lead-in repeated per entry taught greedy decoding to loop on it and never close the answer."""
     hits = {a["aspect"].lower(): {"entry_id": f"e{i}", "text": f"likes thing {i}"} for i, a in enumerate(ASPECTS)}
-    msgs = scripted_conversation(
-        ROW, ASPECTS, lambda q: [hits[q.rsplit(" ", 1)[0]]], lambda q: q, 3, np.random.default_rng(0)
-    )
+    msgs = scripted_conversation(ROW, ASPECTS, lambda q: [hits[q]], lambda q: q, 3, np.random.default_rng(0))
     answer = parse_answer(msgs[-1]["content"])
     n_calls = sum(1 for m in msgs if m.get("tool_calls"))
     assert n_calls >= 2 and n_calls == len(answer.memory_ids) and answer.profile.count("This user's preferences") == 1
     assert all(f"likes thing {e[1:]}" in answer.profile for e in answer.memory_ids)
+
+
+def test_scripted_tool_query_is_the_aspect_the_lead_in_names():
+    """The query repeats the lead-in's aspect verbatim: an "aspect + category" query taught the policy to run on."""
+    for seed in range(6):
+        for m in _conversation(seed):
+            for call in m.get("tool_calls") or []:
+                query = call["function"]["arguments"]["query"]
+                assert m["content"] == f"I look up what this user prefers for {query}."
+                assert query in {a["aspect"].lower() for a in ASPECTS}
+
+
+def test_aspect_clause_picks_the_clause_naming_the_aspect_without_its_label():
+    entry = (
+        'Feature priorities: flavor and scent garlic, spicy, orange; item form bottle, can (glass); size and '
+        'quantity 8 oz. Liked in Pantry Staples: "Great flavor, use in my shakes ..."'
+    )
+    assert aspect_clause(entry, "flavor and scent") == "flavor and scent garlic, spicy, orange"
+    assert aspect_clause(entry, "Item Form") == "item form bottle, can glass"
+    assert aspect_clause(entry, "price range") == "Feature priorities: flavor and scent garlic, spicy, orange"
+    assert aspect_clause(entry, "size and quantity", max_words=4) == "size and quantity 8"
+    assert aspect_clause("Rated: 5/5. Flavor of chosen items: mint, lime", "flavor") == "Flavor of chosen items: mint, lime"
+    assert aspect_clause(" ; . ", "flavor") == ""
 
 
 def test_filter_keeps_parseable_rewarded_and_reports_drops():

@@ -6,7 +6,8 @@ boxed answer teaches the syntax. Three teachers (cfg.sft_teacher):
 
 - `scripted`: picks aspects from the global memory for the request, calls the
   memory tool with them (1..max_tool_calls calls, a sentence of reasoning before
-  each) and writes the profile from the request plus what memory returned. It
+  each) and writes the profile from the request plus, per call, the clause of
+  the top memory entry that speaks to the aspect. It
   never sees the target item: the profile is built only from what the policy
   itself could see, so SFT teaches the procedure, not the answer.
 - `rejection`: best of `sft_rejection_samples` rollouts of the policy itself.
@@ -22,6 +23,7 @@ above `sft_reward_threshold`. Records are chat conversations with structured
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +48,34 @@ def _aspect_name(a: dict) -> str:
     return str(a.get("aspect") or a.get("text") or "").strip()
 
 
-def _entry_text(hit: dict, limit: int = 160) -> str:
-    text = " ".join(str(hit.get("text", "")).split())
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0]
+_CLAUSE_SPLIT = re.compile(r";\s+|\.\s+")
+_STOPWORDS = frozenset({"and", "or", "the", "of", "for", "in", "with", "a", "an"})
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}
+
+
+def aspect_clause(text: str, aspect: str, max_words: int = 12) -> str:
+    """The clause of a memory entry that speaks to `aspect`, at most `max_words` words, quotes and brackets removed.
+
+    Whole entries (up to 160 chars, cut mid-list) made long, irregular answers that the
+    warmed-up 135M policy could not copy to the end: it looped and never closed the
+    boxed answer. One short clause per call (e.g. "flavor and scent garlic, spicy,
+    orange") keeps the profile's keywords and gives the answer a regular shape.
+    A clause's "label: values" form also competes without its label, so the shorter
+    one wins when both name the aspect; with no clause naming it, the first is used.
+    """
+    clean = " ".join(re.sub(r'["()\[\]]|\.\.\.', " ", str(text)).split()).replace(" :", ":")
+    clauses = [c.strip(" ,;:.") for c in _CLAUSE_SPLIT.split(clean) if c.strip(" ,;:.")]
+    if not clauses:
+        return ""
+    candidates = clauses + [c.split(": ", 1)[1] for c in clauses if ": " in c]
+    target = _words(aspect)
+    best = max(candidates, key=lambda c: (len(target & _words(c)), -len(c)))
+    if not target & _words(best):
+        best = clauses[0]
+    return " ".join(best.split()[:max_words]).strip(" ,;:.")
 
 
 def scripted_conversation(
@@ -76,11 +103,11 @@ def scripted_conversation(
     used_ids: list[str] = []
     found: list[str] = []
     for aspect in chosen:
-        tool_query = f"{aspect.lower()} {category.lower()}".strip()
-        # One fixed sentence naming the aspect: a 135M model learns a constant lead-in followed by
-        # `<tool_call>` within a few dozen steps, while free text echoing the request drifted into
-        # copying the prompt (docs/results.md, Training).
-        thought = f"I look up what this user prefers for {aspect.lower()}."
+        # One fixed sentence naming the aspect, and the aspect itself as the query: a 135M model learns a
+        # constant lead-in followed by `<tool_call>` within a few dozen steps, while free text echoing the
+        # request drifted into copying the prompt and an "aspect + category" query ran on (docs/results.md, SFT).
+        tool_query = aspect.lower()
+        thought = f"I look up what this user prefers for {tool_query}."
         messages.append(
             {
                 "role": "assistant",
@@ -92,13 +119,13 @@ def scripted_conversation(
         )
         messages.append({"role": "tool", "name": TOOL_NAME, "content": tool(tool_query)})
         for hit in search(tool_query)[:1]:
-            if hit["entry_id"] not in used_ids:
+            clause = aspect_clause(hit.get("text", ""), tool_query)
+            if hit["entry_id"] not in used_ids and clause and clause not in found:
                 used_ids.append(str(hit["entry_id"]))
-                found.append(_entry_text(hit))
+                found.append(clause)
     parts = [query.rstrip(".") + "."]
     if category:
         parts.append(f"Category: {category}.")
-    parts.append(f"Important aspects: {', '.join(a.lower() for a in chosen)}.")
     if found:
         # One lead-in for all entries: a prefix repeated per entry taught greedy decoding to loop on it
         # and never close the answer (docs/results.md, SFT).
