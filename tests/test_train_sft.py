@@ -203,3 +203,16 @@ def test_train_resume_publish_and_load(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(merged(x).logits, reference(x).logits, atol=1e-4)
         assert not torch.allclose(merged(x).logits, tiny_model(tok)(x).logits, atol=1e-4)  # training changed it
+
+
+def test_resume_checkpoint_clears_state_left_without_checkpoints(tmp_path):
+    """A deleted models folder must not leave the old step log for the fresh run to append to."""
+    from mrrec_lib.train.common import resume_checkpoint
+
+    out, log = tmp_path / "checkpoints", tmp_path / "03_sft_train.jsonl"
+    log.write_text('{"step": 24}\n')
+    assert resume_checkpoint(out, "k1", [log]) is None and not log.exists()
+    (out / "checkpoint-3").mkdir()
+    log.write_text('{"step": 3}\n')
+    assert resume_checkpoint(out, "k1", [log]).endswith("checkpoint-3") and log.exists()  # same run: resume
+    assert resume_checkpoint(out, "k2", [log]) is None and not log.exists() and not (out / "checkpoint-3").exists()

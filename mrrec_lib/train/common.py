@@ -69,7 +69,8 @@ def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) ->
 
     A killed run continues instead of restarting. Checkpoints of another config would continue
     a different run (or fail on mismatched optimizer shapes), so they are removed together with
-    the `state` (step/validation logs, best model) that describes them.
+    the `state` (step/validation logs, best model) that describes them; so is state left without
+    checkpoints (a deleted models folder), which a fresh run would otherwise append to.
     """
     from accelerate import PartialState
 
@@ -77,7 +78,7 @@ def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) ->
     # Under `accelerate launch` the main process cleans up first and stamps the key; the other ranks
     # then find the stamp current, so no rank deletes files another is reading.
     with PartialState().main_process_first():
-        if output_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != key):
+        if not stamp.exists() or stamp.read_text().strip() != key:
             for p in (output_dir, *state):
                 if p.is_dir():
                     shutil.rmtree(p)
