@@ -216,3 +216,21 @@ def test_resume_checkpoint_clears_state_left_without_checkpoints(tmp_path):
     log.write_text('{"step": 3}\n')
     assert resume_checkpoint(out, "k1", [log]).endswith("checkpoint-3") and log.exists()  # same run: resume
     assert resume_checkpoint(out, "k2", [log]) is None and not log.exists() and not (out / "checkpoint-3").exists()
+
+
+def test_resume_key_keeps_upstream_budgets_and_the_start_policy(tmp_path):
+    """GRPO checkpoints of one SFT policy must not be resumed on top of another (a longer or retrained SFT)."""
+    from mrrec_lib.train.common import resume_key
+
+    cfg = Config()
+    assert resume_key(cfg, "04") == resume_key(cfg.model_copy(update={"grpo_max_steps": 99}), "04")
+    assert resume_key(cfg, "04") != resume_key(cfg.model_copy(update={"sft_max_steps": 99}), "04")
+    assert resume_key(cfg, "03") == resume_key(cfg.model_copy(update={"sft_max_steps": 99}), "03")
+    paths = RunPaths(tmp_path / "t").ensure()
+    final = checkpoints.final_dir(paths, "sft")
+    final.mkdir(parents=True)
+    (final / "adapter_model.safetensors").write_bytes(b"weights-1")
+    first = checkpoints.policy_stamp(paths, "sft")
+    (final / "adapter_model.safetensors").write_bytes(b"weights-2")
+    assert checkpoints.policy_stamp(paths, "sft") != first and checkpoints.policy_stamp(paths, "base") == ""
+    assert resume_key(cfg, "04", first) != resume_key(cfg, "04", checkpoints.policy_stamp(paths, "sft"))

@@ -10,6 +10,7 @@ small (a few MB instead of a model copy per stage); `load_policy` merges them on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -62,6 +63,18 @@ def publish_policy(src: Path, dst: Path, *, base: dict[str, str], adapter: bool,
         shutil.rmtree(dst)
     tmp.rename(dst)
     return dst
+
+
+def policy_stamp(paths: RunPaths, which: str) -> str:
+    """A short content hash of a trained policy's final folder ("" for the base model, named by the config)."""
+    if which not in STAGE_OF:
+        return ""
+    d = final_dir(paths, which)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(d).as_posix().encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def load_policy(cfg: Config, paths: RunPaths, which: Which = "sft", for_training: bool = False):

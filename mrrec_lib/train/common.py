@@ -16,7 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from mrrec_lib.config import Config
 from mrrec_lib.runs import atomic_write_text
-from mrrec_lib.stages import stage_keys
+from mrrec_lib.stages import first_stage, stage_keys
 
 
 def use_cuda(cfg: Config) -> bool:
@@ -59,9 +59,16 @@ BUDGET_KEYS = frozenset(
 )
 
 
-def resume_key(cfg: Config, stage: str) -> str:
-    """What a checkpoint must have been trained under to be resumed: the stage config minus its step budget."""
-    return cfg.digest([k for k in stage_keys(stage) if k not in BUDGET_KEYS])
+def resume_key(cfg: Config, stage: str, start_policy: str = "") -> str:
+    """What a checkpoint must have been trained under to be resumed: the stage config minus its own step budget.
+
+    Upstream budgets stay in: GRPO checkpoints of a 24-step SFT policy must not continue on a
+    36-step one. `start_policy` (`checkpoints.policy_stamp`) names the weights training starts
+    from, which can change without any config key (a retrained stage after a code change).
+    """
+    own_budget = {k for k in BUDGET_KEYS if first_stage(k) == stage}
+    key = cfg.digest([k for k in stage_keys(stage) if k not in own_budget])
+    return f"{key}-{start_policy}" if start_policy else key
 
 
 def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) -> str | None:

@@ -33,6 +33,7 @@ from mrrec_lib.train.checkpoints import (
     base_reference,
     checkpoints_dir,
     load_policy,
+    policy_stamp,
     publish_policy,
     stage_dir,
 )
@@ -218,7 +219,9 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
         write_json(best_dir / "step.json", {"step": step})
 
     resume = resume_checkpoint(
-        Path(args.output_dir), resume_key(cfg, "04"), [steps_log, steps_log.with_suffix(".csv"), val_log, best_dir]
+        Path(args.output_dir),
+        resume_key(cfg, "04", policy_stamp(paths, start)),
+        [steps_log, steps_log.with_suffix(".csv"), val_log, best_dir],
     )
     callbacks: list[Any] = [StepLogger(steps_log)]
     validator = None
