@@ -127,6 +127,11 @@ def run_paths(cfg: Config) -> RunPaths:
     return RunPaths(resolve(cfg.outputs_dir) / cfg.run_name).ensure()
 
 
+def file_stamps(files: list[Path], root: Path) -> list[str]:
+    """Path, size and mtime of each file: a cheap identity that changes when a file is rewritten, without reading it."""
+    return [f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(files) if p.is_file()]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

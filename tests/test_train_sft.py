@@ -90,14 +90,17 @@ def test_scripted_tool_query_is_the_aspect_the_lead_in_names():
 
 def test_aspect_clause_picks_the_clause_naming_the_aspect_without_its_label():
     entry = (
-        'Feature priorities: flavor and scent garlic, spicy, orange; item form bottle, can (glass); size and '
+        "Feature priorities: flavor and scent garlic, spicy, orange; item form bottle, can (glass); size and "
         'quantity 8 oz. Liked in Pantry Staples: "Great flavor, use in my shakes ..."'
     )
     assert aspect_clause(entry, "flavor and scent") == "flavor and scent garlic, spicy, orange"
     assert aspect_clause(entry, "Item Form") == "item form bottle, can glass"
     assert aspect_clause(entry, "price range") == "Feature priorities: flavor and scent garlic, spicy, orange"
     assert aspect_clause(entry, "size and quantity", max_words=4) == "size and quantity 8"
-    assert aspect_clause("Rated: 5/5. Flavor of chosen items: mint, lime", "flavor") == "Flavor of chosen items: mint, lime"
+    assert (
+        aspect_clause("Rated: 5/5. Flavor of chosen items: mint, lime", "flavor")
+        == "Flavor of chosen items: mint, lime"
+    )
     assert aspect_clause(" ; . ", "flavor") == ""
 
 
@@ -231,6 +234,6 @@ def test_resume_key_keeps_upstream_budgets_and_the_start_policy(tmp_path):
     final.mkdir(parents=True)
     (final / "adapter_model.safetensors").write_bytes(b"weights-1")
     first = checkpoints.policy_stamp(paths, "sft")
-    (final / "adapter_model.safetensors").write_bytes(b"weights-2")
+    (final / "adapter_model.safetensors").write_bytes(b"weights-22")  # size differs: mtime may be coarse
     assert checkpoints.policy_stamp(paths, "sft") != first and checkpoints.policy_stamp(paths, "base") == ""
     assert resume_key(cfg, "04", first) != resume_key(cfg, "04", checkpoints.policy_stamp(paths, "sft"))

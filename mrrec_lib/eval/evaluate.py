@@ -30,7 +30,7 @@ from mrrec_lib import stages
 from mrrec_lib.config import Config
 from mrrec_lib.eval.context import EvalContext
 from mrrec_lib.eval.systems import RUNNERS, RunnerFactory, SystemOutput, SystemSpec, resolve_systems
-from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, atomic_write_text, read_jsonl
+from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, atomic_write_text, file_stamps, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ def metric_names(ks: list[int]) -> list[str]:
     return [f"R@{k}" for k in ks] + [f"N@{k}" for k in ks]
 
 
-def _file_stamps(files: list[Path], root: Path) -> list[str]:
-    return [f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(files) if p.is_file()]
-
-
 def system_fingerprint(spec: SystemSpec, ctx: EvalContext) -> str:
     """Identity of a system's outputs: its upstream stage hash, output-relevant eval keys, and input files.
 
@@ -79,12 +75,12 @@ def system_fingerprint(spec: SystemSpec, ctx: EvalContext) -> str:
     files = list(paths.data.glob("*.parquet"))
     if spec.memory in ("static", "mrrec"):
         files += [p for p in paths.memory.rglob("*") if p.is_file()]
-    stamps = _file_stamps(files, paths.root)
+    stamps = file_stamps(files, paths.root)
     if spec.checkpoint:
         from mrrec_lib.train.checkpoints import final_dir
 
         d = final_dir(ctx.policy_paths(spec.checkpoint), spec.checkpoint)
-        stamps += _file_stamps([p for p in d.rglob("*") if p.is_file()], d.parent) if d.is_dir() else ["no-checkpoint"]
+        stamps += file_stamps([p for p in d.rglob("*") if p.is_file()], d.parent) if d.is_dir() else ["no-checkpoint"]
     ident = {
         "system": asdict(spec),
         "retriever": ctx.retriever_kind(spec.retriever),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mrrec_lib.config import Config
-from mrrec_lib.runs import MissingStageError, RunPaths, atomic_write_text
+from mrrec_lib.runs import MissingStageError, RunPaths, atomic_write_text, file_stamps
 
 Which = Literal["base", "sft", "grpo", "recr1"]
 POLICY_META = "mrrec_policy.json"
@@ -66,15 +66,12 @@ def publish_policy(src: Path, dst: Path, *, base: dict[str, str], adapter: bool,
 
 
 def policy_stamp(paths: RunPaths, which: str) -> str:
-    """A short content hash of a trained policy's final folder ("" for the base model, named by the config)."""
+    """A short hash of a trained policy's final folder (file names, sizes, mtimes; "" for the base model)."""
     if which not in STAGE_OF:
         return ""
     d = final_dir(paths, which)
-    digest = hashlib.sha256()
-    for f in sorted(p for p in d.rglob("*") if p.is_file()):
-        digest.update(f.relative_to(d).as_posix().encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:12]
+    stamps = file_stamps(list(d.rglob("*")), d)
+    return hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:12]
 
 
 def load_policy(cfg: Config, paths: RunPaths, which: Which = "sft", for_training: bool = False):
