@@ -33,11 +33,16 @@ class Config(BaseModel):
     num_threads: int = 0  # 0: leave torch's default
 
     # ---- data (stage 01) ------------------------------------------------------
-    sources: list[str] = ["agenticshop", "amazon2023_reviews"]
+    sources: list[str] = ["amazon2023_multicat", "agenticshop", "amazon2023_reviews"]
     shared_data_dir: str = "../shared/data"
     agenticshop_files: list[str] = ["agenticshop/Grocery_and_Gourmet_Food.json"]
     amazon2023_reviews_files: list[str] = ["amazon2023_beauty/test.jsonl"]
-    amazon2023_reviews_category: str = "All Beauty"
+    amazon2023_reviews_category: str = "All_Beauty"  # Amazon 2023 file-category names, as every source uses
+    amazon2023_multicat_files: list[str] = [
+        "amazon2023_multicat/training.jsonl",
+        "amazon2023_multicat/validation.jsonl",
+        "amazon2023_multicat/test.jsonl",
+    ]
     amazon2023_titles_files: list[str] = [
         "amazon2023_beauty/inst_test.parquet",
         "amazon2023_beauty/inst_val.parquet",
@@ -50,11 +55,14 @@ class Config(BaseModel):
     amazon_c4_categories: list[str] = []  # empty: every category present
     max_users: int = 0  # 0: all users
     max_queries: int = 0  # 0: all queries
-    min_history: int = 3
-    min_target_rating: float = 4.0
+    min_history: int = 1  # Amazon-C4-style: a request at a review with at least one earlier review
+    min_target_rating: float = 5.0  # Amazon-C4 wrote requests from 5-star reviews
     extra_queries_per_user: int = 2
-    split_ratios: list[float] = [0.6, 0.2, 0.2]
-    query_builder: Literal["extractive", "llm"] = "extractive"
+    split_ratios: list[float] = [0.6, 0.2, 0.2]  # used when split_test_queries/split_val_queries are 0
+    split_test_queries: int = 800  # users drawn whole into test until it holds this many requests (0: split_ratios)
+    split_val_queries: int = 100  # then into val until this many; the rest train
+    query_builder: Literal["shared", "extractive", "llm"] = "shared"
+    shared_requests_files: list[str] = ["c4_style_requests/requests.jsonl"]  # query_builder shared: requests written from the review alone
     simplify_queries: bool = True
     review_trim_chars: int = 300
     amazon_reviews_categories: list[str] = []  # Amazon 2023 files for C4 histories (e.g. All_Beauty); empty: every local one
@@ -62,6 +70,17 @@ class Config(BaseModel):
     item_text_max_chars: int = 1000  # cap of an item's retrieval text
     min_target_review_chars: int = 20  # extra queries need a review with this much text to write a request from
     leakage_min_words: int = 8  # a target review leaks when its first N words appear elsewhere (shorter: exact match)
+    pool_distractors: bool = True  # add the real distractor catalogs to the item pool (deduplicated by normalised title)
+    pool_distractor_files: list[str] = [
+        "distractor_catalogs/instacart_products.parquet",
+        "distractor_catalogs/movielens25m_movies.parquet",
+        "distractor_catalogs/amazon2018_video_games.parquet",
+        "distractor_catalogs/amazon2018_toys.parquet",
+        "distractor_catalogs/amazon2018_industrial_office.parquet",
+        "distractor_catalogs/amazon2018_scientific.parquet",
+    ]
+    pool_distractor_sample: int = 0  # 0: every distractor; N: a seeded sample of N (smoke params)
+    c4_pairs_file: str = "amazon_c4_pairs/c4_review_query_pairs.parquet"  # real review->request pairs the builders are measured against
 
     # ---- auxiliary LLM (memory building, query writing, zero-shot baselines) --
     llm_backend: Literal["local", "openai"] = "local"
@@ -186,7 +205,8 @@ class Config(BaseModel):
     bootstrap_samples: int = 2000
     case_study_n: int = 3
     eval_reference_system: str = "mrrec"  # paired tests: this system vs every other evaluated system
-    eval_baseline_malformed: Literal["zero", "raw_text"] = "raw_text"  # zero-shot baselines: unparseable output retrieved as raw text (Rec-R1 style) or scored 0
+    eval_malformed: Literal["zero", "raw_text"] = "zero"  # every LLM row: unparseable output scores 0 (or is retrieved as raw text); the other rule is reported too
+    eval_exclude_history: bool = True  # the headline setting: the user's earlier items are removed from the ranking; the other is reported too
     eval_table_categories: int = 3  # Table 1 shows the categories with the most evaluated queries
     eval_temperature: float = 0.0  # decoding of the evaluated policies and zero-shot LLMs (0: greedy, batch-independent)
     eval_recr1_run: str = ""  # run folder under outputs_dir holding models/recr1 (Rec-R1 trained by a delta run); "": this run
