@@ -96,6 +96,11 @@ def parse_price(value: object) -> float:
     return float(m.group()) if m else float("nan")
 
 
+def category_name(category: str) -> str:
+    """Readable form of an Amazon 2023 file category: "Grocery_and_Gourmet_Food" -> "Grocery and Gourmet Food"."""
+    return clean_text(str(category or "").replace("_", " "))
+
+
 REVIEW_PREFIX = "Review: "  # marks a review snippet inside an item's text, one per line (the leak check reads it)
 
 
@@ -107,8 +112,10 @@ def compose_item_text(
     reviews: list[str] | tuple[str, ...] = (),
     review_chars: int = 300,
     max_chars: int = 1000,
+    category: str = "",
 ) -> str:
-    """What the item retriever embeds: title, brand and description like Amazon-C4's `metadata`.
+    """What the item retriever embeds, in one format for every source and the distractors:
+    "<title> (brand: <store>). Category: <category>. <description>", like Amazon-C4's `metadata`.
 
     Features stand in for a missing description; review snippets are appended
     only for items that have no metadata at all (the Beauty set), one per line.
@@ -116,6 +123,9 @@ def compose_item_text(
     head = clean_text(title)
     if store and normalise(store) not in normalise(head):
         head = f"{head} (brand: {clean_text(store)})" if head else f"Brand: {clean_text(store)}"
+    cat = category_name(category)
+    if cat:
+        head = f"{head}. Category: {cat}" if head else f"Category: {cat}"
     body = clean_text(description) or clean_text(features)
     text = f"{head}. {body}".strip(". ") if body else head
     text = trim(text, max_chars)
