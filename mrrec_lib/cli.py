@@ -28,8 +28,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     if args.run_name:
         overrides["run_name"] = args.run_name
-    paths = runner.run([args.params, *args.file], only=args.only, overrides=overrides, force=args.force,
-                       log_output=args.verbose)
+    paths = runner.run(
+        [args.params, *args.file], only=args.only, overrides=overrides, force=args.force, log_output=args.verbose
+    )
+    print(f"run folder: {paths.root}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mrrec_lib.evaluate_run import evaluate_run
+
+    paths = evaluate_run(
+        args.run, args.file, overrides=_parse_sets(args.set), run_name=args.run_name, log_output=args.verbose
+    )
     print(f"run folder: {paths.root}")
     return 0
 
@@ -71,6 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun stages even if their config hash is unchanged")
     r.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
     r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained run's policies on other data (stages 01, 02, 05; no training)",
+        description="Build the data and memory of another data configuration (source, category, request set) "
+        "in a new run folder beside the trained run and produce its Table 1 (stage 05) with the trained run's "
+        "SFT/GRPO policies and its Rec-R1; nothing is retrained and the trained run is only read. The config is "
+        "the trained run's config.yaml with the -f files and -p keys on top; keys of stages 03/04 cannot change "
+        "the trained policies (a note lists them). evaluated_from.json in the new folder records the borrowed "
+        "runs and how many evaluated requests come from users the policies were trained on.",
+        epilog="example: mrrec evaluate --run outputs/default -f params/other_source.yaml -p eval_max_queries=50",
+    )
+    v.add_argument("--run", required=True, help="the trained run folder, e.g. outputs/default")
+    v.add_argument(
+        "-f", "--file", action="append", default=[], help="params merged on top of the trained config (repeatable)"
+    )
+    v.add_argument("-p", "--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    v.add_argument("--run-name", help="output folder name (default: <trained run>-on-<first -f file's stem>)")
+    v.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
+    v.set_defaults(func=_cmd_evaluate)
 
     a = sub.add_parser("ablate", help="run a base config and each params delta; summarise all metrics")
     a.add_argument("base")

@@ -81,6 +81,7 @@ class Config(BaseModel):
     ]
     pool_distractor_sample: int = 0  # 0: every distractor; N: a seeded sample of N (smoke params)
     c4_pairs_file: str = "amazon_c4_pairs/c4_review_query_pairs.parquet"  # real review->request pairs the builders are measured against
+    request_quality_sample: int = 300  # notebook 01: seeded sample of real C4 test pairs the extractive builder is scored on
 
     # ---- auxiliary LLM (memory building, query writing, zero-shot baselines) --
     llm_backend: Literal["local", "openai"] = "local"
@@ -194,7 +195,9 @@ class Config(BaseModel):
         "zeroshot_none",
         "zeroshot_naive",
         "zeroshot_static",
+        "template_recr1",  # reference row: Rec-R1's scripted SFT teacher (request + category), no LLM
         "recr1",
+        "template_mrrec",  # reference row: MR.Rec's scripted SFT teacher on the same memory, no LLM
         "mrrec_sft",
         "mrrec",
     ]
@@ -208,9 +211,11 @@ class Config(BaseModel):
     eval_malformed: Literal["zero", "raw_text"] = "zero"  # every LLM row: unparseable output scores 0 (or is retrieved as raw text); the other rule is reported too
     eval_exclude_history: bool = True  # the headline setting: the user's earlier items are removed from the ranking; the other is reported too
     eval_table_categories: int = 3  # Table 1 shows the categories with the most evaluated queries
+    eval_pool_fractions: list[float] = [0.0, 0.1, 0.25, 0.5, 1.0]  # pool-size curve: shares of the distractors in the pool; []: no curve
     eval_temperature: float = 0.0  # decoding of the evaluated policies and zero-shot LLMs (0: greedy, batch-independent)
     eval_recr1_run: str = ""  # run folder under outputs_dir holding models/recr1 (Rec-R1 trained by a delta run); "": this run
     eval_recr1_params: str = ""  # params delta that trains Rec-R1 into eval_recr1_run (stages 01-04) before stage 05; "": it must exist
+    eval_models_run: str = ""  # run folder under outputs_dir whose trained policies stage 05 evaluates (and Rec-R1's when eval_recr1_run is ""); "": this run. Set by `mrrec evaluate`; such a run trains nothing
 
     # ---- ablations (stage 06) and assistant (stage 07) ----------------------------------
     ablation_summary: str = ""  # "": <outputs_dir>/ablations/summary.csv

@@ -145,8 +145,9 @@ def estimate(params: list[str | Path]) -> dict:
     rows.append({"stage": "04 grpo", "input_tokens": steps * cfg.grpo_num_generations * cfg.grpo_batch_prompts * TOKENS["rollout_prompt"],
                  "output_tokens": gen_tokens, "seconds": steps * per_step if cfg.grpo_enabled else 0.0, "bytes": 0})
 
-    n_eval = cfg.eval_max_queries or int(s.queries * cfg.split_ratios[2] / sum(cfg.split_ratios))
-    llm_systems = sum(1 for x in cfg.eval_systems if not x.startswith("query_"))
+    n_test = cfg.split_test_queries or int(s.queries * cfg.split_ratios[2] / sum(cfg.split_ratios))
+    n_eval = min(cfg.eval_max_queries, n_test) if cfg.eval_max_queries > 0 else n_test
+    llm_systems = sum(1 for x in cfg.eval_systems if not x.startswith(("query_", "template_")))
     eval_out = n_eval * llm_systems * cfg.max_new_tokens_total
     rows.append({"stage": "05 eval", "input_tokens": n_eval * llm_systems * TOKENS["rollout_prompt"], "output_tokens": eval_out,
                  "seconds": eval_out / llm_tps + n_eval * len(cfg.eval_systems) / qps * (s.items / C4_ITEMS), "bytes": 0})

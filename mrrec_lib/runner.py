@@ -18,6 +18,9 @@ from mrrec_lib import stages
 from mrrec_lib.config import Config, load_config, save_config
 from mrrec_lib.runs import STAGES, RunPaths, project_root, run_paths
 
+# The stages that train policies: a run that evaluates another run's policies (`eval_models_run`) runs neither.
+TRAINING_STAGES = ("03", "04")
+
 
 class StageFailed(RuntimeError):
     """A notebook raised; the executed copy in the run folder shows where."""
@@ -82,7 +85,20 @@ def _needs_recr1_companion(cfg: Config) -> bool:
         "recr1" in cfg.eval_systems
         and bool(cfg.eval_recr1_run and cfg.eval_recr1_params)
         and cfg.eval_recr1_run != cfg.run_name
+        and not cfg.eval_models_run
     )
+
+
+def _drop_training_stages(cfg: Config, todo: list[str]) -> list[str]:
+    """Stages 03/04 do not apply to a run whose policies come from `eval_models_run`: say so and leave them out."""
+    if not cfg.eval_models_run:
+        return todo
+    dropped = [STAGES[s] for s in todo if s in TRAINING_STAGES]
+    if dropped:
+        tqdm.write(
+            f"[{', '.join(dropped)}] not run: the policies come from run {cfg.eval_models_run} (eval_models_run)"
+        )
+    return [s for s in todo if s not in TRAINING_STAGES]
 
 
 def run(
@@ -94,7 +110,7 @@ def run(
 ) -> RunPaths:
     """Run the selected stages in order, skipping those already current for this config."""
     cfg, paths = prepare_run(params, overrides)
-    todo = parse_only(only)
+    todo = _drop_training_stages(cfg, parse_only(only))
     rerun_downstream = force
     bar = tqdm(todo, desc=f"run {cfg.run_name}", unit="stage")
     for stage in bar:

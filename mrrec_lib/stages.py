@@ -24,7 +24,7 @@ UNCACHED_STAGES = frozenset({"06", "07"})
 # Checked in order, first match wins: the stage-02 memory-building keys must come before the
 # generic `memory_` prefix, which covers runtime retrieval knobs read from stage 03 on.
 _PREFIX_STAGE: tuple[tuple[str, str], ...] = (
-    ("encoder_", "02"),
+    ("encoder_", "01"),  # notebook 01 measures request builders against real Amazon-C4 requests with the encoder
     ("ivf_", "02"),
     ("hnsw_", "02"),
     ("index_", "02"),

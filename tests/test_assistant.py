@@ -69,11 +69,11 @@ def make_run(root, name: str = "tiny", **overrides) -> RunPaths:
     queries = pd.DataFrame(
         [
             dict(qid="q1", user_id="u1", target_item_id="tea1", category="Grocery", raw_query="r", query="a strong tea",
-                 split="test", target_timestamp=3, query_builder="extractive", source="test"),
+                 split="test", target_timestamp=3, query_builder="extractive", source="test", title_overlap=0, title_overlap_raw=0),
             dict(qid="q0", user_id="u1", target_item_id="choc1", category="Grocery", raw_query="r",
-                 query="some chocolate", split="test", target_timestamp=2, query_builder="extractive", source="test"),
+                 query="some chocolate", split="test", target_timestamp=2, query_builder="extractive", source="test", title_overlap=0, title_overlap_raw=0),
             dict(qid="q2", user_id="u2", target_item_id="sauce1", category="Grocery", raw_query="r",
-                 query="a hot sauce", split="train", target_timestamp=2, query_builder="extractive", source="test"),
+                 query="a hot sauce", split="train", target_timestamp=2, query_builder="extractive", source="test", title_overlap=0, title_overlap_raw=0),
         ]
     )
     for t, df in (("items", items), ("interactions", inter), ("queries", queries)):

@@ -44,7 +44,12 @@ def test_agenticshop_removes_target_copies_and_orders_history():
     assert skips.counts["agenticshop/history_text_equal_to_target"] == 1  # same words under another product
     assert skips.counts["agenticshop/history_too_short"] == 1  # U_SHORT: one review left
     (target,) = data.targets.to_dict("records")
-    assert target["user_id"] == "U_GOOD" and target["noun_hint"] == "black tea"
+    assert target["user_id"] == "U_GOOD"
+    # the Amazon 2023 file category (the file's stem) for every item; the category path's second level is kept
+    assert target["category"] == "agenticshop_tiny" and set(data.items["category"]) == {"agenticshop_tiny"}
+    assert data.items.set_index("title").loc["Rose Petal Black Tea", "subcategory"] == "Beverages"
+    assert "Category: agenticshop tiny" in data.items.set_index("title").loc["Rose Petal Black Tea", "text"]
+    assert not {"noun_hint", "item_title", "store", "subcategory"} & set(data.targets.columns)  # builders see no item
     assert target["item_id"] == stable_id("Rose Petal Black Tea", "Tao Tea", prefix="as-")
     inter = data.interactions.sort_values("timestamp")
     # newest-first list reversed: the oldest review (last in the list) gets timestamp 0, the target comes last
@@ -146,6 +151,8 @@ def test_amazon_c4_local_files_history_strictly_before_target():
     assert "ZZ" not in set(inter.user_id)
     items = data.items.set_index("item_id")
     assert items.loc["H1", "title"] == "Hydrating Face Moisturizer" and items.loc["P1", "category"] == "Care"
+    assert items.loc["H1", "category"] == "All_Beauty"  # the review file's category, not main_category "All Beauty"
+    assert "Category: Care" in items.loc["P1", "text"] and "Category: All Beauty" in items.loc["H1", "text"]
 
 
 def test_amazon_c4_downloads_only_without_local_paths():

@@ -148,6 +148,8 @@ def _tables():
     queries["raw_query"] = queries["query"]
     queries["query_builder"] = "test"
     queries["source"] = "test"
+    queries["title_overlap"] = 0
+    queries["title_overlap_raw"] = 0
     return validate(items, "items"), validate(inter, "interactions"), validate(queries, "queries")
 
 

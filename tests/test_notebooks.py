@@ -95,3 +95,25 @@ def test_rerun_skips_current_stages(smoke_run):
     runner.run([smoke_run.config_file], only=",".join(s for s in runner.available_stages() if s not in ("06", "07")))
     after = {p.name: p.stat().st_mtime for p in smoke_run.notebooks.glob("*.ipynb")}
     assert before and before == after
+
+
+def test_evaluate_smoke_run_on_other_data(smoke_run, tmp_path):
+    """`mrrec evaluate`: the smoke run's policies scored on another source, stages 01/02/05 only, nothing retrained."""
+    from mrrec_lib import stages
+    from mrrec_lib.evaluate_run import EVALUATED_FROM, evaluate_run
+
+    trained_records = stages.read_records(smoke_run)
+    delta = tmp_path / "agenticshop.yaml"
+    delta.write_text("sources: [agenticshop]\neval_max_queries: 2\n")
+
+    paths = evaluate_run(smoke_run.root, [delta])
+
+    assert paths.root == smoke_run.root.parent / f"{smoke_run.root.name}-on-agenticshop"
+    assert stages.read_records(smoke_run) == trained_records
+    assert sorted(stages.read_records(paths)) == ["01", "02", "05"]
+    assert not (paths.models / "sft").exists() and not (paths.models / "grpo").exists()
+    m = read_json(paths.metrics_file("05_eval"))
+    assert m["n_queries"] == 2
+    assert read_json(paths.root / EVALUATED_FROM)["trained_run"] == smoke_run.root.name
+    policies = {s: v["status"] for s, v in m["systems"].items() if s in ("recr1", "mrrec_sft", "mrrec")}
+    assert policies == {"recr1": "ok", "mrrec_sft": "ok", "mrrec": "ok"}

@@ -8,8 +8,8 @@ import pytest
 
 from mrrec_lib.config import Config
 from mrrec_lib.data.schema import ITEM_COLUMNS
-from mrrec_lib.retrieval.encoder import TextEncoder, make_encoder, model_slug, resolve_model_path
-from mrrec_lib.retrieval.items import ItemRetriever, item_embeddings_path
+from mrrec_lib.retrieval.encoder import TextEncoder, embedding_key, make_encoder, model_slug, resolve_model_path
+from mrrec_lib.retrieval.items import ItemRetriever, item_embeddings, item_embeddings_path
 from mrrec_lib.runs import run_paths
 
 TEXTS = ["dark roast coffee beans, 2 lb bag", "moisturising shampoo for curly hair", "green tea with jasmine"]
@@ -91,14 +91,15 @@ def test_encode_to_file_resumes_from_parts(encoder, tmp_path, monkeypatch):
 
 
 def test_item_retriever_from_run_caches_item_embeddings(encoder, tmp_path, monkeypatch):
-    cfg = Config(outputs_dir=str(tmp_path), run_name="r", device="cpu")
+    monkeypatch.delenv("MRREC_CACHE", raising=False)
+    cfg = Config(outputs_dir=str(tmp_path), run_name="r", device="cpu", cache_dir=str(tmp_path / "cache"))
     paths = run_paths(cfg)
-    items = pd.DataFrame({c: [""] * 3 for c in ITEM_COLUMNS}).assign(
-        item_id=["a", "b", "c"], text=TEXTS, price=np.nan
-    )
+    items = pd.DataFrame({c: [""] * 3 for c in ITEM_COLUMNS}).assign(item_id=["a", "b", "c"], text=TEXTS, price=np.nan)
     items.to_parquet(paths.data / "items.parquet")
     r = ItemRetriever.from_run(cfg, paths)
-    assert item_embeddings_path(cfg, paths).exists()
+    cached = item_embeddings_path(cfg, paths)
+    assert cached.exists() and cached.parent == tmp_path / "cache" / "emb"  # shared across runs, not in the run folder
+    assert not list(paths.data.glob("*.npy"))
     assert r.ranks(["shampoo for curls", "jasmine tea"], ["b", "c"]).tolist() == [1, 1]
     ids, _ = r.search(["coffee"], 2)
     assert ids[0][0] == "a"
@@ -106,7 +107,46 @@ def test_item_retriever_from_run_caches_item_embeddings(encoder, tmp_path, monke
     monkeypatch.setattr(TextEncoder, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-embedded")))
     r2 = ItemRetriever.from_run(cfg, paths)  # same pool: the cached matrix, no encoding
     assert len(r2) == 3
+    other = cfg.model_copy(update={"run_name": "ablation", "encoder_query_instruction": "Query:"})
+    other_paths = run_paths(other)
+    items.to_parquet(other_paths.data / "items.parquet")
+    assert item_embeddings_path(other, other_paths) == cached  # documents never see the query instruction
+    np.testing.assert_array_equal(item_embeddings(other, items, encoder), np.load(cached))  # another run: no encoding
+    with pytest.raises(AssertionError, match="re-embedded"):
+        item_embeddings(cfg, items.assign(text=[*TEXTS[:2], "a changed item"]), encoder)  # another pool: a new key
     monkeypatch.undo()
     for index_type in ("ivf", "hnsw"):  # built from the memory-mapped cache
         r3 = ItemRetriever.from_run(cfg.model_copy(update={"index_type": index_type}), paths)
         assert r3.ranks(["shampoo for curls", "jasmine tea"], ["b", "c"]).tolist() == [1, 1]
+
+
+def test_embedding_key_covers_what_changes_the_vectors():
+    base = embedding_key("m", "", 256, "doc", ["a", "b"])
+    assert embedding_key("m", "Instruct: x", 256, "doc", ["a", "b"]) == base
+    assert embedding_key("m", "Instruct: x", 256, "query", ["a", "b"]) != embedding_key(
+        "m", "", 256, "query", ["a", "b"]
+    )
+    for other in (("n", "", 256, "doc", ["a", "b"]), ("m", "", 128, "doc", ["a", "b"]), ("m", "", 256, "doc", ["ab"])):
+        assert embedding_key(*other) != base
+
+
+def test_concurrent_writers_encode_once(encoder, tmp_path, monkeypatch):
+    """Two parallel ablation runs asking for one pool: the second waits for the first's file instead of re-encoding."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow(self, texts, kind="query", show_progress=False):
+        calls.append(len(texts))
+        time.sleep(0.3)
+        return np.ones((len(texts), 384), dtype=np.float32)
+
+    monkeypatch.setattr(TextEncoder, "encode", slow)
+    out = tmp_path / "emb.npy"
+    threads = [threading.Thread(target=encoder.encode_to_file, args=(TEXTS, "doc", out)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [3] and np.load(out).shape == (3, 384)

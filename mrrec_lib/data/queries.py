@@ -1,36 +1,47 @@
-"""Writing the user's request from a held-out review, then MR.Rec's simplification.
+"""Writing the user's request from the target review, then MR.Rec's simplification.
 
 Amazon-C4 asked ChatGPT to write a first-person request from a 5-star review;
 MR.Rec then rewrote every request into one casual sentence with one core item
-and one use case, without brand, specs, price or verbatim review text. Two
+and one use case, without brand, specs, price or verbatim review text. Three
 builders do the same here:
-- `extractive` (the offline default): the product kind (leaf category, title
-  head or "this <noun>" in the review) plus use-case phrases the review states
-  ("for my ...", "to ...", "when I ..."), in a fixed first-person frame. A
-  135M model writes worse requests than this.
+- `shared` (the default): the fixed C4-style requests of the shared data
+  (`data/shared_requests.py` joins them to the targets first); `request` is the
+  raw query, `simple_request` the simplified one.
+- `extractive`: the product kind ("this <noun>" in the review, a review title
+  that names it, else the top-level category) plus use-case phrases the review
+  states ("for my ...", "to ...", "when I ..."), in a fixed first-person frame.
 - `llm`: any chat backend (`mrrec_lib.llm.make_llm`) writes and simplifies;
   empty or garbled output falls back to `extractive` and is counted.
 Sources that already have requests (Amazon-C4) are only simplified.
+
+No builder sees the target item (title, brand, category path): like Amazon-C4's
+writer, they get the review alone, `BUILDER_FIELDS` of each target.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from mrrec_lib.config import Config
-from mrrec_lib.data.text import clean_text, first_sentence, normalise, trim
+from mrrec_lib.data.text import category_name, clean_text, first_sentence, normalise, trim
+
+BUILDER_FIELDS = ("review_title", "review_text", "rating", "category")  # all a request writer may read
+SHARED_COLUMNS = ("shared_request", "shared_simple_request")  # set by data.shared_requests.join_shared_requests
 
 _STOP_NOUNS = {
     "product", "products", "item", "items", "one", "ones", "stuff", "thing", "things", "brand", "company",
     "seller", "purchase", "order", "price", "time", "is", "was", "are", "were", "has", "had", "will", "would",
     "does", "did", "can", "could", "and", "but", "so", "for", "to", "in", "on", "it", "that", "with", "year",
     "way", "review", "amazon", "purpose", "point", "morning", "week", "month", "day", "summer", "winter", "listing", "size", "color", "colour", "kind", "type", "set", "pack", "box",
+    "quality", "value", "deal", "job", "idea", "choice", "condition", "service", "experience", "customer", "shape",
+    "addition", "alternative", "may", "might", "must", "should", "shall", "as", "at", "of", "i", "we", "you",
+    "buy", "fit", "find", "investment", "lot", "bit", "thanks",
 }  # fmt: skip
 _TRAILING_STOP = {
     "and", "or", "but", "the", "a", "an", "to", "of", "with", "that", "which", "so", "it", "is", "in", "my",
@@ -46,6 +57,12 @@ _QUALITIES = {
     "vibrant", "natural-looking", "non-greasy", "unscented", "sugar-free", "caffeine-free", "gluten-free", "vegan",
 }  # fmt: skip
 _THIS_NOUN = re.compile(r"\b(?:this|these|those)\s+([a-z][a-z'-]+)(?:\s+([a-z][a-z'-]+))?", re.IGNORECASE)
+_PRAISED_NOUN = re.compile(
+    r"\b(?:great|nice|good|perfect|excellent|awesome|best|cute|lovely|beautiful|sturdy|amazing|wonderful|"
+    r"fantastic|solid|handy|favorite|favourite|my new|love (?:my|the))\s+(?:(?:little|small|big|new|quality)\s+)?"
+    r"([a-z][a-z'-]+)(?:\s+([a-z][a-z'-]+))?",
+    re.IGNORECASE,
+)
 _END = r"(?=[.,;:!?()\n]|\s(?:but|because|which|although|though|since|and it|and they|and i|so|as it|if|i)\b|$)"
 _USE_VERBS = (
     "use|wash|clean|remove|keep|make|help|hold|store|organize|protect|cover|apply|moisturize|treat|style|curl|"
@@ -86,8 +103,8 @@ _PRICE = re.compile(r"\$\s*\S+")
 _MAX_PHRASE_WORDS = 9
 
 LLM_REQUEST_PROMPT = (
-    "A customer bought a product from the category {category}{sub} and later wrote this review:\n"
-    '"""{review}"""\n\n'
+    "A customer bought a product from the category {category} and later wrote this review:\n"
+    '"""{review_title}\n{review}"""\n\n'
     "Write the request this customer could have typed into a shopping assistant BEFORE buying: first person, "
     "one to three sentences, saying what kind of product they need and what they need it for. Do not name the "
     "brand and do not copy sentences from the review. Answer with the request only."
@@ -99,45 +116,56 @@ LLM_SIMPLIFY_PROMPT = (
 )
 
 
-def _scrub(phrase: str, brand_words: set[str]) -> str:
-    """Drop brand words, numbers/specs and prices; cut to a short phrase without a dangling stop word."""
+def _scrub(phrase: str) -> str:
+    """Drop numbers/specs and prices; cut to a short phrase without a dangling stop word."""
     phrase = _PRICE.sub(" ", phrase)
     phrase = _DIGITS.sub(" ", phrase)
-    words = [w for w in phrase.split() if normalise(w) not in brand_words]
-    words = words[:_MAX_PHRASE_WORDS]
+    words = phrase.split()[:_MAX_PHRASE_WORDS]
     while words and normalise(words[-1]) in _TRAILING_STOP | {""}:
         words.pop()
     return " ".join(words).strip(" -'\"")
 
 
-_FUNCTION_WORDS = {"when", "they", "them", "their", "you", "your", "we", "our", "he", "she", "his", "her", "from", "up"}
-_TITLE_HEAD = re.compile(r"\s*(?:[,(\[|:]| - | for | with | by )", re.IGNORECASE)
-_UNITS = {
-    "oz", "ounce", "ounces", "fl", "ml", "l", "g", "gram", "grams", "lb", "lbs", "kg", "count", "ct", "pack", "packs",
-    "pcs", "pc", "piece", "pieces", "inch", "inches", "in", "mm", "cm", "x", "of", "and", "the", "a", "new", "net", "wt",
+_NOT_NOUN = {
+    "smells", "smell", "works", "worked", "tastes", "taste", "looks", "look", "feels", "feel", "makes", "made",
+    "came", "comes", "arrived", "lasts", "lasted", "fits", "fit", "keeps", "kept", "holds", "held", "helps", "helped",
+    "gives", "gave", "goes", "went", "got", "gets", "really", "also", "just", "because", "since", "after", "before",
+    "at", "from", "by", "every", "all", "again", "here", "there", "still", "even", "definitely", "only", "not",
+    "too", "very", "much", "more", "most", "yet", "now", "last", "first", "have", "bought", "purchased", "ordered",
+    "received", "around", "turn", "wife", "husband", "son", "daughter", "kid", "kids", "family", "mom", "dad",
+    "friend", "friends", "mother", "father", "baby", "girl", "boy", "man", "woman", "people", "everyone",
 }  # fmt: skip
-
-
-def title_noun(title: str) -> str:
-    """The product kind from a title: the last two words of its head, without units and numbers."""
-    head = _TITLE_HEAD.split(clean_text(title), maxsplit=1)[0]
-    words = [w.lower() for w in re.findall(r"[A-Za-z][A-Za-z']*", head)]
-    words = [w for w in words if w not in _UNITS and w not in _TRAILING_STOP and w not in _FUNCTION_WORDS]
-    return " ".join(words[-2:])
+_PRAISE = {
+    "great", "good", "best", "love", "loved", "loves", "awesome", "excellent", "nice", "perfect", "amazing",
+    "wonderful", "fantastic", "super", "favorite", "favourite", "new", "my", "our", "the", "a", "an", "this",
+    "these", "five", "four", "stars", "star", "very", "so", "really", "quality", "value", "buy", "works", "work",
+    "recommend", "recommended", "highly", "happy", "pleased", "exactly", "expected", "as", "described", "it",
+    "wow", "yum", "yummy", "fine", "ok", "okay", "cool", "cute", "pretty", "beautiful", "lovely", "gift",
+}  # fmt: skip
+_TITLE_BREAK = {"for", "with", "to", "in", "on", "of", "but", "and", "or", "is", "was", "are", "not", "if", "i"}
 
 
 def _review_nouns(texts: tuple[str, ...]) -> list[str]:
+    """Product-kind nouns (one or two words): after "this/these/those", then after praise
+    ("great journal", "nice little case"), each in order of appearance."""
+    out = []
+    for pattern in (_THIS_NOUN, _PRAISED_NOUN):
+        out += _nouns_after(pattern, texts)
+    return out
+
+
+def _nouns_after(pattern: re.Pattern[str], texts: tuple[str, ...]) -> list[str]:
     out = []
     for text in texts:
-        for m in _THIS_NOUN.finditer(clean_text(text)):
+        for m in pattern.finditer(clean_text(text)):
             first, second = m.group(1).lower(), (m.group(2) or "").lower()
-            if first in _STOP_NOUNS or "'" in first:
+            if first in _STOP_NOUNS | _NOT_NOUN or "'" in first:
                 continue
             if (
                 second
-                and second not in _STOP_NOUNS | _TRAILING_STOP
+                and second not in _STOP_NOUNS | _TRAILING_STOP | _NOT_NOUN | _QUALITIES
                 and "'" not in second
-                and not second.endswith("ly")
+                and not second.endswith(("ly", "ed", "ing"))
             ):
                 out.append(f"{first} {second}")
             else:
@@ -145,37 +173,49 @@ def _review_nouns(texts: tuple[str, ...]) -> list[str]:
     return out
 
 
-def core_noun(kind: str, title: str, review: str, review_title: str, category: str) -> str:
-    """The product kind a user would ask for; never empty.
+def title_kind(review_title: str) -> str:
+    """The product kind a short review title names ("Great coffee maker!" -> "coffee maker"), else "".
 
-    A category kind wins; else a "this <noun>" of the review that the title
-    confirms; else the title's head; else the review's noun; else the category.
+    Only titles that are a bare noun phrase after dropping praise words count:
+    "Great for dry skin" or "Works as described" name a use or a verdict, not a kind.
     """
-    if kind.strip():
-        return clean_text(kind).lower()
+    words = normalise(review_title).split()
+    if not words or len(words) > 5 or any(w in _TITLE_BREAK for w in words):
+        return ""
+    rest = [w for w in words if w not in _PRAISE and w not in _QUALITIES and w.isalpha() and len(w) > 2]
+    if not rest or any(w in _STOP_NOUNS | _NOT_NOUN for w in rest):
+        return ""
+    return " ".join(rest[-2:])
+
+
+def core_noun(review: str, review_title: str, category: str) -> str:
+    """The product kind a user would ask for, from the review alone; never empty.
+
+    The noun the review title and text name most often after "this/these" or
+    praise (ties: the earlier candidate; its first mention decides the wording);
+    else a review title that is a bare noun phrase; else the top-level category
+    ("grocery and gourmet food product").
+    """
     candidates = _review_nouns((review_title, review))
-    title_words = set(normalise(title).split())
-    for cand in candidates:
-        words = cand.split()
-        if title_words and words[-1] in title_words:
-            return words[-1] if words[0] not in title_words else cand
-    if title.strip():
-        head = title_noun(title)
-        if head:
-            return head
     if candidates:
-        return candidates[0]
-    cat = re.sub(r"^all\s+", "", clean_text(category).lower().replace("_", " "))
+        heads = [c.split()[-1] for c in candidates]
+        counts = Counter(heads)
+        best = max(counts, key=lambda h: (counts[h], -heads.index(h)))
+        return candidates[heads.index(best)]
+    kind = title_kind(review_title)
+    if kind:
+        return kind
+    cat = re.sub(r"^all\s+", "", category_name(category).lower())
     return f"{cat} product" if cat else "product"
 
 
-def use_cases(review: str, brand_words: set[str], limit: int = 2) -> list[str]:
+def use_cases(review: str, limit: int = 2) -> list[str]:
     """Short use-case phrases the review states, in order of pattern preference."""
     found: list[str] = []
     text = clean_text(review)
     for pat in _USE_PATTERNS:
         for m in pat.finditer(text):
-            phrase = _scrub(m.group(1), brand_words).lower()
+            phrase = _scrub(m.group(1)).lower()
             if phrase.split(" ", 1)[0] in ("in", "on", "with", "as"):
                 phrase = f"to use {phrase}"
             if len(phrase.split()) >= 3 and phrase not in found and not _BAD_PHRASE.search(phrase):
@@ -204,22 +244,17 @@ def _article(noun: str) -> str:
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
-def brand_words_of(store: str, keep: str = "") -> set[str]:
-    """Words of the brand to drop from a request, except those that name the product kind ("The Tao of Tea")."""
-    generic = _TRAILING_STOP | {"company", "inc", "llc", "ltd", "store", "shop", "official"}
-    return {w for w in normalise(store).split() if len(w) > 2 and w not in generic} - set(normalise(keep).split())
+def extractive_request(review: Mapping[str, Any]) -> tuple[str, str]:
+    """(C4-style request, simplified one-sentence request) from the review alone.
 
-
-def extractive_request(target: dict[str, Any]) -> tuple[str, str]:
-    """(C4-style request, simplified one-sentence request) from the target review alone."""
-    brands = brand_words_of(target.get("store", ""), keep=target.get("noun_hint", ""))
-    noun = _scrub(
-        core_noun(target.get("noun_hint", ""), target.get("item_title", ""), target["review_text"],
-                  target.get("review_title", ""), target.get("category", "")),
-        brands,
-    ) or "product"  # fmt: skip
-    uses = use_cases(target["review_text"], brands)
-    good = aspects(target["review_text"], float(target.get("rating") or 0))
+    Reads only `BUILDER_FIELDS` (review title and text, rating, top-level
+    category), never the target item: a request that quoted the title would make
+    retrieval a title lookup.
+    """
+    text = str(review["review_text"] or "")
+    noun = _scrub(core_noun(text, str(review["review_title"] or ""), str(review["category"] or ""))) or "product"
+    uses = use_cases(text)
+    good = aspects(text, float(review["rating"] or 0))
     thing = _article(noun)
     raw = f"I'm looking for {thing} {uses[0]}." if uses else f"I'm looking for {thing}."
     if good:
@@ -285,33 +320,59 @@ def _chat_all(llm: Any, prompts: list[str], cfg: Config, desc: str) -> list[str 
     return out
 
 
+def review_views(targets: pd.DataFrame) -> list[dict[str, Any]]:
+    """What a request writer may read of each target: `BUILDER_FIELDS`, nothing of the item."""
+    missing = [c for c in BUILDER_FIELDS if c not in targets.columns]
+    if missing:
+        raise KeyError(f"targets lack column(s) {missing} that the request builders read")
+    return targets[list(BUILDER_FIELDS)].to_dict("records")
+
+
+def _shared_pairs(targets: pd.DataFrame) -> list[tuple[str, str]]:
+    missing = [c for c in SHARED_COLUMNS if c not in targets.columns]
+    if missing:
+        raise KeyError(
+            f"query_builder 'shared' needs column(s) {missing}: join the requests first "
+            "(mrrec_lib.data.shared_requests.join_shared_requests)"
+        )
+    return list(zip(targets[SHARED_COLUMNS[0]].fillna(""), targets[SHARED_COLUMNS[1]].fillna(""), strict=True))
+
+
 def build_queries(
     targets: pd.DataFrame, cfg: Config, llm_factory: Callable[[Config], Any] | None = None
 ) -> tuple[pd.DataFrame, Counter]:
-    """Add `raw_query`, `query` and `query_builder` to the targets; count LLM fallbacks."""
+    """Add `raw_query`, `query` and `query_builder` to the targets; count LLM fallbacks.
+
+    A target with a request of its own source (Amazon-C4's `raw_query`) keeps it
+    (builder "c4", rule-simplified); every other one gets `cfg.query_builder`'s.
+    """
     counts: Counter = Counter()
-    rows = targets.to_dict("records")
+    reviews = review_views(targets)
+    own = [clean_text(q) for q in targets["raw_query"].fillna("")]
+    shared = _shared_pairs(targets) if cfg.query_builder == "shared" and not all(own) else []
     raw, simple, builder = [], [], []
-    for t in rows:
-        if t["raw_query"]:
-            raw.append(clean_text(t["raw_query"]))
-            simple.append(simplify_rule(t["raw_query"]) if cfg.simplify_queries else clean_text(t["raw_query"]))
-            builder.append("c4")
+    for i, review in enumerate(reviews):
+        if own[i]:
+            r, s, b = own[i], simplify_rule(own[i]), "c4"
+        elif shared:
+            (r, s), b = (clean_text(x) for x in shared[i]), "shared"
+            if not r or not s:
+                raise ValueError(f"target {targets['qid'].iloc[i]!r} has an empty shared request")
         else:
-            r, s = extractive_request(t)
-            raw.append(r)
-            simple.append(s if cfg.simplify_queries else r)
-            builder.append("extractive")
-    if cfg.query_builder == "llm" and rows:
+            (r, s), b = extractive_request(review), "extractive"
+        raw.append(r)
+        simple.append(s if cfg.simplify_queries else r)
+        builder.append(b)
+    if cfg.query_builder == "llm" and reviews:
         if llm_factory is None:
             from mrrec_lib.llm import make_llm as llm_factory
         llm = llm_factory(cfg)
-        need_raw = [i for i, t in enumerate(rows) if not t["raw_query"]]
+        need_raw = [i for i in range(len(reviews)) if not own[i]]
         prompts = [
             LLM_REQUEST_PROMPT.format(
-                category=rows[i]["category"],
-                sub=f" / {rows[i]['subcategory']}" if rows[i]["subcategory"] else "",
-                review=trim(rows[i]["review_text"], 4 * cfg.review_trim_chars),
+                category=category_name(reviews[i]["category"]),
+                review_title=clean_text(reviews[i]["review_title"]),
+                review=trim(clean_text(reviews[i]["review_text"]), 4 * cfg.review_trim_chars),
             )
             for i in need_raw
         ]
@@ -324,14 +385,14 @@ def build_queries(
                 raw[i] = text
                 raw_ok.add(i)
         if cfg.simplify_queries:
-            todo = [i for i, t in enumerate(rows) if t["raw_query"] or i in raw_ok]
+            todo = [i for i in range(len(reviews)) if own[i] or i in raw_ok]
             prompts = [LLM_SIMPLIFY_PROMPT.format(request=raw[i]) for i in todo]
             for i, reply in zip(todo, _chat_all(llm, prompts, cfg, "simplifying requests"), strict=True):
-                text = clean_llm_output(reply, max_words=40, avoid=rows[i]["review_text"])
+                text = clean_llm_output(reply, max_words=40, avoid=reviews[i]["review_text"])
                 if text is None:
                     counts["llm_simplify_fallback"] += 1
                     if i in raw_ok:  # keep the pair consistent: both from the extractive builder
-                        raw[i], simple[i] = extractive_request(rows[i])
+                        raw[i], simple[i] = extractive_request(reviews[i])
                     continue
                 simple[i] = text
                 builder[i] = "llm"

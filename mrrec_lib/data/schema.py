@@ -42,8 +42,10 @@ QUERY_COLUMNS: dict[str, str] = {
     "query": "string",  # MR.Rec's simplified one-sentence request (what the policy sees)
     "split": "string",  # train / val / test
     "target_timestamp": "int64",  # history for this query = the user's interactions strictly before it
-    "query_builder": "string",  # c4 / extractive / llm
+    "query_builder": "string",  # shared / c4 / extractive / llm
     "source": "string",
+    "title_overlap": "int64",  # content words of `query` in the target's title (data/overlap.py)
+    "title_overlap_raw": "int64",  # the same for `raw_query`
 }
 
 TABLES = {"items": ITEM_COLUMNS, "interactions": INTERACTION_COLUMNS, "queries": QUERY_COLUMNS}

@@ -62,26 +62,6 @@ def first_sentence(text: str) -> str:
     return _SENTENCE_END.split(text, maxsplit=1)[0] if text else ""
 
 
-def category_kind(categories: list[str]) -> str:
-    """The product kind from an Amazon category path: the leaf, qualified by its parent when it is one word.
-
-    ('Tea', 'Black') -> 'black tea', ('Oils', 'Coconut') -> 'coconut oil', ('Sauces', 'Hot Sauce') -> 'hot sauce'.
-    """
-    cats = [clean_text(c) for c in categories if clean_text(c)]
-    if len(cats) < 2:
-        return ""
-    leaf = cats[-1].lower()
-    if " " in leaf or (leaf.endswith("s") and not leaf.endswith("ss")):
-        return leaf
-    parent = cats[-2].lower().split()[-1]
-    if parent.endswith("s") and not parent.endswith("ss"):
-        parent = parent[:-1]
-    adjectival = leaf.endswith(("al", "ed", "less", "ic", "ful"))
-    if parent in leaf or (re.search(r"[,&]", cats[-2]) and not adjectival):
-        return leaf
-    return f"{leaf} {parent}"
-
-
 def stable_id(*parts: object, prefix: str = "") -> str:
     """A short id that depends only on the normalised parts (same product -> same id across runs)."""
     key = "\x1f".join(normalise(p) for p in parts)

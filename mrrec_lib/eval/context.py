@@ -69,6 +69,7 @@ class EvalContext:
         *,
         queries: pd.DataFrame | None = None,
         items: pd.DataFrame | None = None,
+        interactions: pd.DataFrame | None = None,
         retrievers: dict[str, Any] | None = None,
         llm: Any | None = None,
         tokenizer: Any | None = None,
@@ -79,6 +80,7 @@ class EvalContext:
         self.paths = paths
         self._all_queries = queries
         self._items = items
+        self._interactions = interactions
         self._retrievers = dict(retrievers or {})
         self._llm = llm
         self._tokenizer = tokenizer
@@ -108,9 +110,36 @@ class EvalContext:
 
     @cached_property
     def interactions(self) -> pd.DataFrame:
+        if self._interactions is not None:
+            return self._interactions
         from mrrec_lib.data.schema import read_table
 
         return read_table(self.paths.data, "interactions")
+
+    @cached_property
+    def history(self) -> dict[str, list[str]]:
+        """qid -> the user's items before the query's target (`eval.history`): excluded from the ranking's headline."""
+        from mrrec_lib.eval.history import history_items
+
+        q = self.queries
+        return dict(zip(q["qid"].astype(str), history_items(self.interactions, q), strict=True))
+
+    @cached_property
+    def covered_categories(self) -> list[str]:
+        """Categories the distractor catalogs add items to: there the pool holds same-kind items of no user.
+
+        Read as two columns of `items.parquet` (the whole table is not needed); an items table without a
+        `source` column (a test fake) has no distractors.
+        """
+        from mrrec_lib.data.distractors import is_distractor
+
+        if self._items is not None:
+            items = self._items
+        else:
+            items = pd.read_parquet(self.paths.data / "items.parquet", columns=["category", "source"])
+        if "source" not in items.columns:
+            return []
+        return sorted(set(items.loc[is_distractor(items["source"]), "category"].astype(str)))
 
     # ---- retrieval ----------------------------------------------------------------------
     def retriever_kind(self, spec_retriever: str) -> str:
@@ -191,10 +220,12 @@ class EvalContext:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def policy_paths(self, which: str) -> RunPaths:
-        """The run folder a trained policy comes from: this run, or `eval_recr1_run` for Rec-R1."""
-        if which == "recr1" and self.cfg.eval_recr1_run:
-            return RunPaths(resolve(self.cfg.outputs_dir) / self.cfg.eval_recr1_run)
-        return self.paths
+        """The run folder a trained policy comes from: `eval_recr1_run` for Rec-R1, else `eval_models_run`, else this run.
+
+        `eval_models_run` is how `mrrec evaluate` scores another run's trained policies on this run's data.
+        """
+        run = (self.cfg.eval_recr1_run if which == "recr1" else "") or self.cfg.eval_models_run
+        return RunPaths(resolve(self.cfg.outputs_dir) / run) if run else self.paths
 
     def policy_dir(self, which: str) -> Path:
         """The trained policy's final folder; MissingStageError (naming the stage) when it is not there."""
@@ -213,7 +244,8 @@ class EvalContext:
                 f"{self.policy_paths(which).root}.{hint}"
             )
         other = self.policy_paths(which)
-        if other.root != self.paths.root:
+        # Borrowed policies (eval_models_run) meet other data by design: `mrrec evaluate` records the overlap instead.
+        if other.root != self.paths.root and not self.cfg.eval_models_run:
             from mrrec_lib import stages
 
             theirs = stages.read_records(other).get("01", {}).get("hash")

@@ -11,6 +11,12 @@ rebuilding memory never reuses stale results.
 A system whose inputs are missing (an upstream stage that did not run, e.g. no
 Rec-R1 checkpoint) is not dropped: it is listed in `EvalResult.missing` with the
 reason, and the tables show it as "not run".
+
+Every answer is ranked in all four evaluation settings at once: both malformed
+rules (`eval_malformed` and the other one) times the user's earlier items kept in
+or excluded from the ranking (`eval_exclude_history`). The cache therefore does
+not depend on either key; the per-query frame maps the settings to `rank`
+(the headline), `rank_keep` / `rank_excl` and `rank_keep_alt` / `rank_excl_alt`.
 """
 
 from __future__ import annotations
@@ -29,15 +35,29 @@ from tqdm.auto import tqdm
 from mrrec_lib import stages
 from mrrec_lib.config import Config
 from mrrec_lib.eval.context import EvalContext
-from mrrec_lib.eval.systems import RUNNERS, RunnerFactory, SystemOutput, SystemSpec, resolve_systems
+from mrrec_lib.eval.history import excluded_ranks
+from mrrec_lib.eval.systems import (
+    MALFORMED_RULES,
+    RUNNERS,
+    RunnerFactory,
+    SystemOutput,
+    SystemSpec,
+    method_label,
+    other_rule,
+    resolve_systems,
+)
 from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, atomic_write_text, file_stamps, read_jsonl
 
 log = logging.getLogger(__name__)
 
 TOP_ITEMS = 10  # item ids kept per query for case studies and overlap analyses
-# Config keys of stage 05 that change what a system outputs (the rest only change how results are summarised).
-OUTPUT_KEYS = ("eval_temperature", "eval_baseline_malformed", "naive_memory_n")
+# Config keys of stage 05 that change what a system outputs (the rest only change how results are summarised;
+# eval_malformed and eval_exclude_history are not here because every cached row holds all four settings).
+OUTPUT_KEYS = ("eval_temperature", "naive_memory_n")
+ROW_VERSION = 2  # layout of a cached row; bumping it stops older cache files from being read
 QUERY_COLUMNS = ("qid", "user_id", "category", "query", "target_item_id", "target_timestamp")
+OPTIONAL_QUERY_COLUMNS = ("title_overlap",)  # joined when the queries table has them
+RANK_COLUMNS = ("rank", "rank_keep", "rank_excl", "rank_keep_alt", "rank_excl_alt")
 
 
 @dataclass
@@ -50,6 +70,8 @@ class EvalResult:
     per_query: pd.DataFrame  # one row per (system, qid): rank, metric columns, latency, memory tokens, texts
     missing: dict[str, str] = field(default_factory=dict)
     reused: dict[str, str] = field(default_factory=dict)  # system -> the system whose identical policy it shares
+    labels: dict[str, str] = field(default_factory=dict)  # system -> Table 1 label (what the row really is)
+    covered_categories: list[str] = field(default_factory=list)  # categories the distractor catalogs add items to
 
     @property
     def evaluated(self) -> list[str]:
@@ -86,6 +108,7 @@ def system_fingerprint(spec: SystemSpec, ctx: EvalContext) -> str:
         "retriever": ctx.retriever_kind(spec.retriever),
         "stage_hash": stages.stage_hash(cfg, spec.stage),
         "eval": {k: getattr(cfg, k) for k in OUTPUT_KEYS},
+        "rows": ROW_VERSION,
         "inputs": stamps,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -95,25 +118,65 @@ def cache_path(paths: RunPaths, spec: SystemSpec, fingerprint: str) -> Path:
     return paths.logs / "05_eval" / f"{spec.name}-{fingerprint}.jsonl"
 
 
-def retrieve(retriever, texts: list[str | None], targets: list[str]) -> tuple[list[int | None], list[list[str]]]:
-    """Exact target ranks and the top items for the retrievable texts; None/[] where there is nothing to retrieve."""
-    ranks: list[int | None] = [None] * len(texts)
-    tops: list[list[str]] = [[] for _ in texts]
+def retrieve(
+    retriever, texts: list[str | None], targets: list[str], history: list[list[str]]
+) -> list[dict[str, object]]:
+    """Per text: the target's exact rank with the user's earlier items kept and excluded, and the top items of both.
+
+    None/[] where there is no text (nothing retrieved: scored 0). The excluded top list skips earlier items.
+    """
+    out: list[dict[str, object]] = [
+        {"rank_keep": None, "rank_excl": None, "top_keep": [], "top_excl": []} for _ in texts
+    ]
     idx = [i for i, t in enumerate(texts) if t]
-    if idx:
-        batch = [texts[i] for i in idx]
-        got = retriever.ranks(batch, [targets[i] for i in idx])
-        ids, _ = retriever.search(batch, TOP_ITEMS)
-        for j, i in enumerate(idx):
-            ranks[i] = int(got[j])
-            tops[i] = [str(x) for x in ids[j]]
-    return ranks, tops
+    if not idx:
+        return out
+    batch, tgt, hist = [texts[i] for i in idx], [targets[i] for i in idx], [history[i] for i in idx]
+    keep = retriever.ranks(batch, tgt)
+    excl = excluded_ranks(retriever, batch, tgt, keep, hist)
+    ids, _ = retriever.search(batch, TOP_ITEMS + max(len(h) for h in hist))
+    for j, i in enumerate(idx):
+        found = [str(x) for x in ids[j]]
+        earlier = set(hist[j])
+        out[i] = {
+            "rank_keep": int(keep[j]),
+            "rank_excl": int(excl[j]),
+            "top_keep": found[:TOP_ITEMS],
+            "top_excl": [x for x in found if x not in earlier][:TOP_ITEMS],
+        }
+    return out
 
 
-def _result_row(spec: SystemSpec, out: SystemOutput, rank: int | None, top: list[str], latency: float) -> dict:
-    row = asdict(out)
-    row.update(system=spec.name, rank=rank, top_items=top, latency_s=latency)
-    return row
+def retrieve_rules(
+    retriever, outs: list[SystemOutput], targets: list[str], history: list[list[str]]
+) -> tuple[list[dict[str, object]], float]:
+    """`retrieve` under both malformed rules, as flat `<field>_<rule>` columns; a text both rules share is ranked once.
+
+    Also returns the seconds the first rule's retrieval took: what serving one answer costs (the second rule's
+    pass is evaluation bookkeeping, not latency).
+    """
+    texts = {rule: [o.retrieval_text(rule) for o in outs] for rule in MALFORMED_RULES}
+    first, second = MALFORMED_RULES
+    t0 = time.perf_counter()
+    got = {first: retrieve(retriever, texts[first], targets, history)}
+    seconds = time.perf_counter() - t0
+    differ = [i for i, (a, b) in enumerate(zip(texts[first], texts[second], strict=True)) if a != b]
+    extra = retrieve(
+        retriever, [texts[second][i] for i in differ], [targets[i] for i in differ], [history[i] for i in differ]
+    )
+    got[second] = list(got[first])
+    for i, r in zip(differ, extra, strict=True):
+        got[second][i] = r
+    rows: list[dict[str, object]] = [{} for _ in outs]
+    for rule in MALFORMED_RULES:
+        for row, text, r in zip(rows, texts[rule], got[rule], strict=True):
+            row[f"text_{rule}"] = text or ""
+            row.update({f"{k}_{rule}": v for k, v in r.items()})
+    return rows, seconds
+
+
+def _result_row(spec: SystemSpec, out: SystemOutput, ranked: dict, n_history: int, latency: float) -> dict:
+    return {**asdict(out), **ranked, "system": spec.name, "n_history": n_history, "latency_s": latency}
 
 
 def run_system(
@@ -133,17 +196,24 @@ def run_system(
     if len(todo):
         runner = factory(spec, ctx)
         retriever = ctx.retriever(ctx.retriever_kind(spec.retriever))
-        bs = {"query": 256, "zeroshot": ctx.cfg.llm_batch_size, "policy": ctx.cfg.rollout_batch_size}.get(spec.kind, 8)
+        bs = {
+            "query": 256,
+            "template": 64,
+            "zeroshot": ctx.cfg.llm_batch_size,
+            "policy": ctx.cfg.rollout_batch_size,
+        }.get(spec.kind, 8)
         bar = tqdm(total=len(queries), initial=len(queries) - len(todo), desc=spec.name, disable=not progress)
         for start in range(0, len(todo), max(1, bs)):
             batch = todo.iloc[start : start + bs]
+            history = [ctx.history[str(q)] for q in batch["qid"]]
             t0 = time.perf_counter()
             outs = runner(batch)
+            generation = time.perf_counter() - t0
             if [o.qid for o in outs] != batch["qid"].astype(str).tolist():
                 raise RuntimeError(f"system {spec.name}: runner returned outputs for other queries than it was given")
-            ranks, tops = retrieve(retriever, [o.text for o in outs], batch["target_item_id"].astype(str).tolist())
-            latency = (time.perf_counter() - t0) / len(batch)
-            rows = [_result_row(spec, o, r, t, latency) for o, r, t in zip(outs, ranks, tops, strict=True)]
+            ranked, retrieval = retrieve_rules(retriever, outs, batch["target_item_id"].astype(str).tolist(), history)
+            latency = (generation + retrieval) / len(batch)
+            rows = [_result_row(spec, o, r, len(h), latency) for o, r, h in zip(outs, ranked, history, strict=True)]
             append_jsonl(cache, rows)
             done.update({str(r["qid"]): r for r in rows})
             bar.update(len(batch))
@@ -153,26 +223,66 @@ def run_system(
     return [done[str(q)] for q in queries["qid"]]
 
 
-def per_query_frame(rows: list[dict], queries: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
-    """Result rows joined with their queries, with per-query Recall/nDCG at every k (rank inf: not retrieved)."""
-    from mrrec_lib.eval.metrics import ndcg_at_k, recall_at_k
+def _ranks(df: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_numeric(df[column], errors="coerce").astype(float).fillna(np.inf)
 
+
+def per_query_frame(rows: list[dict], queries: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Result rows joined with their queries: the four settings' ranks and per-query Recall/nDCG of the headline.
+
+    Settings (rank inf: nothing retrieved): `rank_keep` / `rank_excl` under `eval_malformed`, `*_alt` under the
+    other rule; `rank` / `top_items` / `text` are the headline (`eval_exclude_history` picks keep or excl).
+    """
+    from mrrec_lib.eval.metrics import metrics_from_ranks
+
+    ks = cfg.eval_ks
+    optional = [c for c in OPTIONAL_QUERY_COLUMNS if c in queries.columns]
     if not rows:
-        return pd.DataFrame(columns=["system", *QUERY_COLUMNS, "rank", *metric_names(ks)])
+        return pd.DataFrame(columns=["system", *QUERY_COLUMNS, *optional, *RANK_COLUMNS, *metric_names(ks)])
     df = pd.DataFrame(rows)
     df["qid"] = df["qid"].astype(str)
-    q = queries[list(QUERY_COLUMNS)].assign(qid=queries["qid"].astype(str))
+    q = queries[[*QUERY_COLUMNS, *optional]].assign(qid=queries["qid"].astype(str))
     df = df.merge(q, on="qid", how="left", validate="many_to_one")
-    df["rank"] = pd.to_numeric(df["rank"], errors="coerce").astype(float).fillna(np.inf)
+    hist = "excl" if cfg.eval_exclude_history else "keep"
+    rule, alt = cfg.eval_malformed, other_rule(cfg.eval_malformed)
+    for h in ("keep", "excl"):
+        df[f"rank_{h}"] = _ranks(df, f"rank_{h}_{rule}")
+        df[f"rank_{h}_alt"] = _ranks(df, f"rank_{h}_{alt}")
+    df["rank"] = df[f"rank_{hist}"]
+    df["top_items"] = df[f"top_{hist}_{rule}"]
     # "" (not None/NaN) marks "nothing was retrieved" and "parsed fine", so string columns stay strings in parquet.
-    df[["text", "parse_error"]] = df[["text", "parse_error"]].fillna("").astype(str)
-    ranks = df["rank"].to_numpy()
-    for k in ks:
-        df[f"R@{k}"] = np.asarray(recall_at_k(ranks, k), dtype=float)
-    for k in ks:
-        df[f"N@{k}"] = np.asarray(ndcg_at_k(ranks, k), dtype=float)
-    front = ["system", *QUERY_COLUMNS, "rank", *metric_names(ks), "latency_s", "memory_tokens", "malformed"]
+    df["text"], df["text_alt"] = df[f"text_{rule}"], df[f"text_{alt}"]
+    df[["text", "text_alt", "parse_error"]] = df[["text", "text_alt", "parse_error"]].fillna("").astype(str)
+    for name, values in metrics_from_ranks(df["rank"].to_numpy(), ks).items():
+        df[name] = values
+    per_rule = [f"{f}_{r}" for r in MALFORMED_RULES for f in ("text", "rank_keep", "rank_excl", "top_keep", "top_excl")]
+    front = [
+        "system",
+        *QUERY_COLUMNS,
+        *optional,
+        *RANK_COLUMNS,
+        *metric_names(ks),
+        "latency_s",
+        "memory_tokens",
+        "malformed",
+    ]
+    df = df.drop(columns=per_rule)
     return df[front + [c for c in df.columns if c not in front]]
+
+
+def kept_start(spec: SystemSpec, ctx: EvalContext) -> str | None:
+    """The start ("sft" / "base") GRPO kept when it published step 0 for `spec`'s policy, else None (it trained)."""
+    from mrrec_lib.train.checkpoints import POLICY_META, final_dir, read_policy_meta
+
+    if spec.checkpoint not in ("grpo", "recr1"):
+        return None
+    d = final_dir(ctx.policy_paths(spec.checkpoint), spec.checkpoint)
+    if not (d / POLICY_META).exists():
+        return None
+    meta = read_policy_meta(d)
+    if meta.get("best_step") != 0:
+        return None
+    return "sft" if meta.get("base") == {"which": "sft"} else "base"
 
 
 def unchanged_policy(spec: SystemSpec, ctx: EvalContext) -> str | None:
@@ -182,15 +292,7 @@ def unchanged_policy(spec: SystemSpec, ctx: EvalContext) -> str | None:
     LoRA, so the merged weights equal the SFT policy's and greedy decoding would repeat that system's
     answers token for token at ~14 s per request on 2 CPU cores.
     """
-    from mrrec_lib.train.checkpoints import POLICY_META, final_dir, read_policy_meta
-
-    if spec.checkpoint != "grpo":
-        return None
-    d = final_dir(ctx.policy_paths("grpo"), "grpo")
-    if not (d / POLICY_META).exists():
-        return None
-    meta = read_policy_meta(d)
-    return "mrrec_sft" if meta.get("best_step") == 0 and meta.get("base") == {"which": "sft"} else None
+    return "mrrec_sft" if spec.checkpoint == "grpo" and kept_start(spec, ctx) == "sft" else None
 
 
 def evaluate_systems(
@@ -214,6 +316,7 @@ def evaluate_systems(
     rows: dict[str, list[dict]] = {}
     missing: dict[str, str] = {}
     reused: dict[str, str] = {}
+    labels = {spec.name: method_label(spec, cfg, kept_start(spec, ctx)) for spec in specs}
     for spec in specs:
         same = unchanged_policy(spec, ctx)
         if same in rows:
@@ -227,5 +330,5 @@ def evaluate_systems(
         except MissingStageError as e:
             missing[spec.name] = str(e)
             log.warning("system %s not run: %s", spec.name, e)
-    frame = per_query_frame([r for rs in rows.values() for r in rs], queries, cfg.eval_ks)
-    return EvalResult(cfg, specs, queries, frame, missing, reused)
+    frame = per_query_frame([r for rs in rows.values() for r in rs], queries, cfg)
+    return EvalResult(cfg, specs, queries, frame, missing, reused, labels, ctx.covered_categories)

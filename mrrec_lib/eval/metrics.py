@@ -34,7 +34,9 @@ def ndcg_at_k(ranks: Iterable[float] | np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def metrics_from_ranks(ranks: Iterable[float] | np.ndarray, ks: Iterable[int] = (10, 100, 1000)) -> dict[str, np.ndarray]:
+def metrics_from_ranks(
+    ranks: Iterable[float] | np.ndarray, ks: Iterable[int] = (10, 100, 1000)
+) -> dict[str, np.ndarray]:
     """{"R@k": per-query recall, "N@k": per-query nDCG} for every k."""
     r = _ranks(ranks)
     ks = list(ks)

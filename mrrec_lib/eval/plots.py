@@ -1,4 +1,4 @@
-"""Figures of stage 05: metrics per system with bootstrap whiskers, and recall per category."""
+"""Figures of stage 05: metrics per system with user-bootstrap whiskers, and recall per category."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 
 
 def metric_bars(summary: pd.DataFrame, ks: list[int]) -> plt.Figure:
-    """Two panels (Recall@k, nDCG@k): one bar per evaluated system per cutoff, 95% CI whiskers."""
+    """Two panels (Recall@k, nDCG@k): one bar per evaluated system per cutoff, 95% user-level CI whiskers."""
     ok = summary[summary["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=False)
     width = 0.8 / max(1, len(ok))
@@ -31,7 +31,7 @@ def metric_bars(summary: pd.DataFrame, ks: list[int]) -> plt.Figure:
         ax.set_xticks(x, [f"@{k}" for k in ks])
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("mean over queries (95% bootstrap CI)")
+    axes[0].set_ylabel("mean over requests (95% CI, users resampled)")
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     missing = summary.loc[summary["status"] != "ok", "system"].tolist()
     if missing:
@@ -41,7 +41,7 @@ def metric_bars(summary: pd.DataFrame, ks: list[int]) -> plt.Figure:
 
 
 def category_bars(categories: pd.DataFrame, metric: str, top: list[str]) -> plt.Figure:
-    """`metric` per category (the `top` ones) and system, with 95% CI whiskers."""
+    """`metric` per category (the `top` ones) and system, with 95% user-level CI whiskers."""
     df = categories[(categories["metric"] == metric) & (categories["category"].isin(top))]
     systems = list(dict.fromkeys(df["system"]))
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(top)), 4))
@@ -61,7 +61,7 @@ def category_bars(categories: pd.DataFrame, metric: str, top: list[str]) -> plt.
         )
     counts = df.drop_duplicates("category").set_index("category")["n"].reindex(top)
     ax.set_xticks(x, [f"{c}\n(n={n})" for c, n in zip(top, counts.fillna(0).astype(int), strict=True)])
-    ax.set_ylabel(f"{metric} (95% bootstrap CI)")
+    ax.set_ylabel(f"{metric} (95% CI, users resampled)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -7,7 +7,14 @@ differ only in how that text is written and how much memory went into it:
 - `query_*`: the request itself, dense (BLaIR's role: no LLM) or BM25;
 - `zeroshot_*`: the auxiliary LLM writes an ideal item profile (Rec-R1-style expansion prompt) with no memory,
   the `naive_memory_n` most recent interactions, or the static user profile pasted into the prompt;
-- `recr1`, `mrrec_sft`, `mrrec`: trained policies rolled out by the agent (no memory / MR.Rec memory + tool).
+- `recr1`, `mrrec_sft`, `mrrec`: trained policies rolled out by the agent (no memory / MR.Rec memory + tool);
+- `template_recr1`, `template_mrrec`: reference rows, no LLM: the scripted answers the SFT teachers write
+  (`train.sft_data.scripted_rewrite`: request + category; `scripted_conversation`: aspect lookups in the same
+  memory store, one clause per lookup). A trained row is worth its training only by what it adds to these.
+
+Runners report what the model wrote (`SystemOutput`: parsed profile and raw final text); which text is
+retrieved for an unparseable answer is decided afterwards for both rules (`SystemOutput.retrieval_text`), so
+every LLM row follows the same rule and the other rule is reported from the same answers.
 
 A runner is built once per system (loading its model, which may raise `MissingStageError` naming the stage
 that should have produced it) and then called on batches of queries.
@@ -15,10 +22,12 @@ that should have produced it) and then called on batches of queries.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import Config
@@ -32,7 +41,7 @@ class SystemSpec:
     """One row family of Table 1: what kind of system, which memory it sees, where its inputs come from."""
 
     name: str
-    kind: str  # "query" | "zeroshot" | "policy"
+    kind: str  # "query" | "zeroshot" | "policy" | "template"
     memory: str  # "none" | "naive" | "static" | "mrrec"
     retriever: str = ""  # "dense" | "bm25"; "": the run's item_retriever (what the policies were trained against)
     checkpoint: str = ""  # policy to load (train.checkpoints: sft / grpo / recr1)
@@ -50,8 +59,16 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("recr1", "policy", "none", checkpoint="recr1", stage="04"),
         SystemSpec("mrrec_sft", "policy", "mrrec", checkpoint="sft", stage="03"),
         SystemSpec("mrrec", "policy", "mrrec", checkpoint="grpo", stage="04"),
+        SystemSpec("template_recr1", "template", "none", stage="01"),
+        SystemSpec("template_mrrec", "template", "mrrec", stage="03"),
     )
 }
+MALFORMED_RULES = ("zero", "raw_text")
+
+
+def other_rule(rule: str) -> str:
+    """The malformed-answer rule that is not `rule` (reported next to the headline one)."""
+    return MALFORMED_RULES[1 - MALFORMED_RULES.index(rule)]
 
 
 def resolve_systems(names: list[str]) -> list[SystemSpec]:
@@ -64,12 +81,25 @@ def resolve_systems(names: list[str]) -> list[SystemSpec]:
     return [SYSTEMS[n] for n in names]
 
 
-def method_label(spec: SystemSpec, cfg: Config) -> str:
-    """The Table 1 'system' column: what produced the retrieval text, with the model that did it."""
+def method_label(spec: SystemSpec, cfg: Config, kept_start: str | None = None) -> str:
+    """The Table 1 'system' column: what produced the retrieval text, with the model that did it.
+
+    `kept_start` ("sft" / "base") says GRPO kept its step-0 start policy (stage 04's `best_step` 0): the row is
+    then labelled as the policy it really is, never as an RL-trained one.
+    """
     if spec.kind == "query":
         return "BM25 (query)" if spec.retriever == "bm25" else f"Dense query ({cfg.encoder_model})"
     if spec.kind == "zeroshot":
         return f"Zero-shot {cfg.llm_model}"
+    if spec.kind == "template":
+        return {
+            "none": "Template: request + category (Rec-R1 SFT teacher, no LLM)",
+            "mrrec": "Template: scripted MR.Rec profile (SFT teacher, no LLM)",
+        }[spec.memory]
+    name = {"recr1": "Rec-R1", "sft": "MR.Rec", "grpo": "MR.Rec"}[spec.checkpoint]
+    if kept_start is not None:
+        start = "SFT only" if kept_start == "sft" else "untrained"
+        return f"{name} ({cfg.policy_model}), {start} — GRPO kept step 0"
     return {
         "recr1": f"Rec-R1 ({cfg.policy_model}, GRPO, no memory)",
         "sft": f"MR.Rec w/o RL ({cfg.policy_model}, SFT)",
@@ -79,6 +109,8 @@ def method_label(spec: SystemSpec, cfg: Config) -> str:
 
 def memory_label(spec: SystemSpec, cfg: Config) -> str:
     """The Table 1 'memory' column."""
+    if spec.kind == "template" and spec.memory == "mrrec":
+        return "hierarchical, scripted lookups"
     return {
         "none": "none",
         "naive": f"naive (recent {cfg.naive_memory_n})",
@@ -91,13 +123,15 @@ def memory_label(spec: SystemSpec, cfg: Config) -> str:
 class SystemOutput:
     """What a system produced for one query, before retrieval.
 
-    `text` is what gets retrieved; None means nothing retrievable (a malformed answer scored 0).
+    `profile` is retrieved when the answer is well-formed (for non-LLM rows: the request or the template);
+    `final_text` is the answer turn with tool calls removed, retrieved instead under the `raw_text` rule when
+    the answer is malformed; `raw` is what the model wrote, for display.
     """
 
     qid: str
-    text: str | None
-    profile: str = ""
+    profile: str
     raw: str = ""
+    final_text: str = ""
     malformed: bool = False
     parse_error: str | None = None
     memory_text: str = ""
@@ -107,22 +141,23 @@ class SystemOutput:
     tool_queries: list[str] = field(default_factory=list)
     tool_calls: int = 0
 
+    def retrieval_text(self, rule: str) -> str | None:
+        """The text retrieved under a malformed rule: the profile, else the raw text ("raw_text") or none ("zero")."""
+        if rule not in MALFORMED_RULES:
+            raise ValueError(f"malformed rule must be one of {MALFORMED_RULES}, got {rule!r}")
+        text = (self.final_text if rule == "raw_text" else "") if self.malformed else self.profile
+        return text.strip() or None
+
 
 BatchRunner = Callable[[pd.DataFrame], list[SystemOutput]]
 RunnerFactory = Callable[[SystemSpec, "EvalContext"], BatchRunner]
-
-
-def retrieval_text(profile: str, ok: bool, raw: str, mode: str) -> str | None:
-    """The text to retrieve: the parsed profile, else the raw output (mode "raw_text") or nothing (mode "zero")."""
-    text = profile if ok else (raw if mode == "raw_text" else "")
-    return text.strip() or None
 
 
 def query_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
     """The request as-is: no LLM, no memory."""
 
     def run(batch: pd.DataFrame) -> list[SystemOutput]:
-        return [SystemOutput(qid=q, text=t, profile=t) for q, t in zip(batch["qid"], batch["query"], strict=True)]
+        return [SystemOutput(qid=q, profile=t) for q, t in zip(batch["qid"], batch["query"], strict=True)]
 
     return run
 
@@ -138,7 +173,6 @@ def zeroshot_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
     memory_of(ctx.queries.iloc[0].to_dict())  # loads the tables/store it reads before the timed batches
     llm = ctx.llm
     sampling = default_sampling(ctx.cfg, temperature=ctx.cfg.eval_temperature)
-    mode = ctx.cfg.eval_baseline_malformed
 
     def run(batch: pd.DataFrame) -> list[SystemOutput]:
         rows = batch.to_dict("records")
@@ -156,9 +190,9 @@ def zeroshot_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
             results.append(
                 SystemOutput(
                     qid=r["qid"],
-                    text=retrieval_text(ans.profile, ans.ok, strip_tool_calls(raw), mode),
                     profile=ans.profile,
                     raw=raw,
+                    final_text=strip_tool_calls(raw),
                     malformed=not ans.ok,
                     parse_error=ans.error,
                     memory_text=m,
@@ -198,9 +232,9 @@ def policy_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
             results.append(
                 SystemOutput(
                     qid=t.qid,
-                    text=retrieval_text(t.profile, t.parse_ok, t.final_text, cfg.malformed_retrieval),
                     profile=t.profile,
                     raw=t.messages[-1].get("content", "") if t.messages else "",
+                    final_text=t.final_text,
                     malformed=not t.parse_ok,
                     parse_error=t.parse_error,
                     memory_text="\n".join(local),
@@ -225,4 +259,78 @@ def tool_results(traj) -> list[str]:
     return [m for m, c in zip(msgs, traj.tool_calls, strict=False) if c.error is None]
 
 
-RUNNERS: dict[str, RunnerFactory] = {"query": query_runner, "zeroshot": zeroshot_runner, "policy": policy_runner}
+def query_seed(seed: int, qid: str) -> int:
+    """A per-query seed: a query's scripted answer does not depend on which other queries share its batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{qid}".encode()).digest()[:8], "little")
+
+
+def template_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
+    """The SFT teachers' scripted answers for each eval query, no LLM (`train.sft_data`).
+
+    `template_recr1`: `scripted_rewrite`, the request and its category. `template_mrrec`: `scripted_conversation`
+    on the same memory store, global aspects, `memory_top_k` and `max_tool_calls` the policy uses, with a
+    per-query seeded number of lookups; its memory tokens are counted as the policy's are.
+    """
+    from mrrec_lib.agent.parse import parse_answer
+    from mrrec_lib.agent.prompt import format_aspects
+    from mrrec_lib.memory import snapshot_key
+    from mrrec_lib.memory.store import memory_tool
+    from mrrec_lib.train.sft_data import scripted_conversation, scripted_rewrite
+
+    cfg = ctx.cfg
+    if spec.memory == "mrrec":
+        ctx.warm_memory()
+
+    def scripted(row: dict) -> tuple[list[dict], list[str], int]:
+        """(completion messages, retrieved entry ids, global-aspect tokens) of one query."""
+        if spec.memory == "none":
+            return scripted_rewrite(row), [], 0
+        snap = snapshot_key(row["user_id"], int(row["target_timestamp"]))
+        seen: list[str] = []
+
+        def search(q: str) -> list[dict]:
+            hits = ctx.store.search(snap, q, cfg.memory_top_k)
+            seen.extend(str(h["entry_id"]) for h in hits)
+            return hits
+
+        aspects = ctx.global_aspects(row)
+        tool = memory_tool(ctx.store, snap, cfg.memory_top_k)
+        rng = np.random.default_rng(query_seed(cfg.seed, str(row["qid"])))
+        messages = scripted_conversation(row, aspects, search, tool, cfg.max_tool_calls, rng)
+        return messages, seen, ctx.count_tokens(format_aspects(aspects))
+
+    def run(batch: pd.DataFrame) -> list[SystemOutput]:
+        results = []
+        for r in batch.to_dict("records"):
+            messages, ids, global_tokens = scripted(r)
+            final = messages[-1]["content"]
+            ans = parse_answer(final)
+            tool_texts = [m["content"] for m in messages if m["role"] == "tool"]
+            queries = [c["function"]["arguments"]["query"] for m in messages for c in m.get("tool_calls", [])]
+            results.append(
+                SystemOutput(
+                    qid=r["qid"],
+                    profile=ans.profile,
+                    raw=final,
+                    final_text=final,
+                    malformed=not ans.ok,
+                    parse_error=ans.error,
+                    memory_text="\n".join(tool_texts),
+                    memory_tokens=sum(ctx.count_tokens(x) for x in tool_texts) + global_tokens,
+                    memory_tokens_global=global_tokens,
+                    memory_ids=list(dict.fromkeys(ids)),
+                    tool_queries=queries,
+                    tool_calls=len(queries),
+                )
+            )
+        return results
+
+    return run
+
+
+RUNNERS: dict[str, RunnerFactory] = {
+    "query": query_runner,
+    "zeroshot": zeroshot_runner,
+    "policy": policy_runner,
+    "template": template_runner,
+}

@@ -4,8 +4,9 @@ One wrapper so every stage embeds queries and documents the same way:
 L2-normalised float32, so inner product is cosine similarity and faiss IP
 indexes, the exact rank computation and memory search all agree. Embeddings
 of fixed text sets (the item pool, memory) are cached on disk, keyed by the
-content hash of encoder settings + kind + texts, so a changed pool or model is
-never served stale vectors and an unchanged one is never re-encoded.
+content hash of encoder settings + kind + texts (`embedding_key`), so a changed
+pool or model is never served stale vectors and an unchanged one is never
+re-encoded, whichever run asks for it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,22 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
         raise
 
 
+def embedding_key(model: str, query_instruction: str, max_length: int, kind: Kind, texts: Sequence[str]) -> str:
+    """sha256 over everything that changes the vectors: model, prompts, truncation, kind, texts.
+
+    A module function (not only `TextEncoder.cache_key`) so a cache file can be named from the
+    config without loading the model. Documents never see the query instruction, so it is left
+    out of their key: runs that differ only in it share the pool's embeddings.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([model, query_instruction if kind == "query" else "", max_length, kind]).encode())
+    for t in texts:
+        b = str(t).encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
 class TextEncoder:
     """A sentence-transformers model producing L2-normalised float32 embeddings.
 
@@ -141,14 +158,8 @@ class TextEncoder:
         return np.ascontiguousarray(emb, dtype=np.float32)
 
     def cache_key(self, texts: Sequence[str], kind: Kind) -> str:
-        """sha256 over everything that changes the vectors: model, prompts, truncation, kind, texts."""
-        h = hashlib.sha256()
-        h.update(json.dumps([self.name, self.query_instruction, self.max_length, kind]).encode())
-        for t in texts:
-            b = str(t).encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-        return h.hexdigest()
+        """`embedding_key` of this encoder's settings."""
+        return embedding_key(self.name, self.query_instruction, self.max_length, kind, texts)
 
     def encode_cached(self, texts: Sequence[str], kind: Kind, cache_dir: str | Path) -> np.ndarray:
         """`encode`, memoised on disk under `cache_dir/emb_<key>.npy`."""
@@ -169,18 +180,29 @@ class TextEncoder:
         Large sets are encoded in parts of `chunk` texts saved under a hidden folder next to `path`,
         so a killed run resumes at the last finished part; the parts are then streamed into one
         .npy (never two copies in memory) and removed. `mmap=True` returns a read-only memory map.
+        A file lock beside `path` serialises writers (parallel ablation runs sharing one cache file):
+        the second waits, then reads what the first wrote.
         """
+        from filelock import FileLock
+
         key = key or self.cache_key(texts, kind)
         path = Path(path)
         key_file = path.with_name(path.name + ".key")
-        if path.exists() and key_file.exists() and key_file.read_text().strip() == key:
-            return np.load(path, mmap_mode="r" if mmap else None)
-        texts = [str(t) for t in texts]
-        if len(texts) <= chunk:
-            save_npy_atomic(path, self.encode(texts, kind))
-        else:
-            self._encode_parts(texts, kind, path, key, chunk)
-        atomic_write_text(key_file, key)
+
+        def cached() -> bool:
+            return path.exists() and key_file.exists() and key_file.read_text().strip() == key
+
+        if not cached():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path.with_name(f".{path.name}.lock"))):
+                if not cached():
+                    key_file.unlink(missing_ok=True)  # a crash mid-rewrite must not leave old key + new vectors
+                    texts = [str(t) for t in texts]
+                    if len(texts) <= chunk:
+                        save_npy_atomic(path, self.encode(texts, kind))
+                    else:
+                        self._encode_parts(texts, kind, path, key, chunk)
+                    atomic_write_text(key_file, key)
         return np.load(path, mmap_mode="r" if mmap else None)
 
     def _encode_parts(self, texts: list[str], kind: Kind, path: Path, key: str, chunk: int) -> None:
@@ -212,7 +234,13 @@ _ENCODERS: dict[tuple, TextEncoder] = {}
 
 def make_encoder(cfg: Config) -> TextEncoder:
     """The run's encoder, loaded once per process (notebooks and stages share it)."""
-    key = (cfg.encoder_model, resolve_device(cfg.device), cfg.encoder_query_instruction, cfg.encoder_batch_size, cfg.encoder_max_length)
+    key = (
+        cfg.encoder_model,
+        resolve_device(cfg.device),
+        cfg.encoder_query_instruction,
+        cfg.encoder_batch_size,
+        cfg.encoder_max_length,
+    )
     if key not in _ENCODERS:
         _ENCODERS[key] = TextEncoder(
             cfg.encoder_model,

@@ -4,8 +4,10 @@ The reward and the evaluation both score a text by the EXACT rank of the
 purchased item over the whole pool (not its position in a truncated top-1000
 list), so nDCG@1000 and Recall@1000 are exact and a profile that moves the
 target from rank 5,000 to 2,000 is visible in the logged ranks. Item
-embeddings are cached in the run folder (`data/item_emb_<model>.npy`) so every
-stage after 01 reuses them instead of re-embedding the pool.
+embeddings are cached by content in a cache shared across runs
+(`<cache_dir>/emb/items_<model>_<key>.npy`, key = model + truncation + every item
+text), so every stage after 01, a second run and every ablation run over the same
+pool reuse them: encoding a 155k-item pool takes ~9 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -16,17 +18,49 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from mrrec_lib.config import Config
-from mrrec_lib.retrieval.encoder import TextEncoder, make_encoder, model_slug
-from mrrec_lib.retrieval.index import BM25Index, DenseIndex, make_index
-from mrrec_lib.runs import RunPaths
+from mrrec_lib.retrieval.encoder import TextEncoder, embedding_key, make_encoder, model_slug
+from mrrec_lib.retrieval.index import POOL_BLOCK, QUERY_BATCH, BM25Index, DenseIndex, make_index
+from mrrec_lib.runs import RunPaths, cache_dir
 
 Kind = Literal["dense", "bm25"]
+LONG_SCAN = 50_000_000  # (texts x pool items) from which a scan shows a progress bar: a few seconds on one core
+
+
+def _cache_file(cfg: Config, model: str, key: str) -> Path:
+    return cache_dir(cfg) / "emb" / f"items_{model_slug(model)}_{key[:24]}.npy"
+
+
+def item_texts(items: pd.DataFrame) -> list[str]:
+    """What the retriever embeds per item, row order kept (one definition for the cache key and the encoder)."""
+    return items["text"].fillna("").astype(str).tolist()
+
+
+def item_embeddings(
+    cfg: Config, items: pd.DataFrame, encoder: TextEncoder | None = None, mmap: bool = False
+) -> np.ndarray:
+    """Row i = the embedding of `items` row i, from the shared cache (encoded resumably on a miss).
+
+    `mmap=True` returns a read-only memory map (for faiss indexes that copy the vectors anyway).
+    """
+    encoder = encoder or make_encoder(cfg)
+    texts = item_texts(items)
+    key = encoder.cache_key(texts, "doc")
+    return encoder.encode_to_file(texts, "doc", _cache_file(cfg, encoder.name, key), key=key, mmap=mmap)
 
 
 def item_embeddings_path(cfg: Config, paths: RunPaths) -> Path:
-    return paths.data / f"item_emb_{model_slug(cfg.encoder_model)}.npy"
+    """The cache file holding the embeddings of the run's pool (stage 01's `items.parquet`) under cfg's encoder.
+
+    It exists once any run has embedded the same pool with the same encoder settings.
+    """
+    from mrrec_lib.data.schema import read_table
+
+    texts = item_texts(read_table(paths.data, "items"))
+    key = embedding_key(cfg.encoder_model, cfg.encoder_query_instruction, cfg.encoder_max_length, "doc", texts)
+    return _cache_file(cfg, cfg.encoder_model, key)
 
 
 class ItemRetriever:
@@ -53,7 +87,7 @@ class ItemRetriever:
         self._pos = {item: i for i, item in enumerate(self.item_ids)}
         self.kind = kind
         self.encoder = encoder
-        texts = items["text"].fillna("").astype(str).tolist()
+        texts = item_texts(items)
         if kind == "bm25":
             self.index: DenseIndex | BM25Index = BM25Index(texts)
         elif kind == "dense":
@@ -69,16 +103,15 @@ class ItemRetriever:
 
     @classmethod
     def from_run(cls, cfg: Config, paths: RunPaths, encoder: TextEncoder | None = None) -> ItemRetriever:
-        """The run's item pool (stage 01's `items.parquet`), embedded once and cached in the run folder."""
+        """The run's item pool (stage 01's `items.parquet`), embedded once per content (`item_embeddings`)."""
         from mrrec_lib.data.schema import read_table
 
         items = read_table(paths.data, "items")
         if cfg.item_retriever == "bm25":
             return cls(items, None, cfg, "bm25")
         encoder = encoder or make_encoder(cfg)
-        texts = items["text"].astype(str).tolist()
         # ivf/hnsw copy the vectors into faiss: read them memory-mapped so the build never holds two copies
-        emb = encoder.encode_to_file(texts, "doc", item_embeddings_path(cfg, paths), mmap=cfg.index_type != "flat")
+        emb = item_embeddings(cfg, items, encoder, mmap=cfg.index_type != "flat")
         return cls(items, encoder, cfg, "dense", embeddings=emb)
 
     def __len__(self) -> int:
@@ -141,3 +174,95 @@ class ItemRetriever:
         target_scores = np.einsum("ij,ij->i", q, self.index.vectors(targets[live]))
         out[live] = 1 + self.index.exact_counts(q, target_scores, exclude=targets[live])
         return out
+
+    def nested_ranks(
+        self,
+        texts: Sequence[str],
+        target_item_ids: Sequence[str],
+        tier: np.ndarray,
+        n_tiers: int,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> np.ndarray:
+        """(len(texts), n_tiers) exact ranks of each target within nested sub-pools, from one scan of the pool.
+
+        Sub-pool j holds the pool rows with `tier <= j` (`tier`: one int >= 0 per pool row; >= n_tiers: in no
+        sub-pool), so with every tier 0 the last column is `ranks`. The rank rule is `ranks`' (dense: 1 + items
+        strictly higher; BM25: + half the other tied items), counted within each sub-pool: the pool-size curve
+        scores a text against the pool once instead of once per size. `exclude[i]` (e.g. the user's earlier
+        items) is removed from every sub-pool of text i; the target and ids not in the pool are ignored there.
+        An empty text gets its sub-pool's size (the worst rank, as in `ranks`).
+        """
+        texts = [str(t) for t in texts]
+        if len(texts) != len(target_item_ids):
+            raise ValueError(f"{len(texts)} texts but {len(target_item_ids)} target item ids")
+        if exclude is not None and len(exclude) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(exclude)} exclude lists")
+        tier = np.asarray(tier, dtype=np.int64).reshape(-1)
+        if len(tier) != len(self):
+            raise ValueError(f"tier has {len(tier)} entries for a pool of {len(self)} items")
+        if n_tiers < 1 or (tier < 0).any():
+            raise ValueError(f"need n_tiers >= 1 and every tier >= 0 (n_tiers={n_tiers}, min tier={tier.min()})")
+        tier = np.minimum(tier, n_tiers)  # n_tiers = in no sub-pool
+        targets = self.positions(target_item_ids)
+        out = np.tile(_cumulative(tier, n_tiers), (len(texts), 1))
+        live = [i for i, t in enumerate(texts) if t.strip()]
+        if not live:
+            return out
+        removed = [self._removed(targets[i], exclude[i] if exclude is not None else ()) for i in live]
+        live_texts = [texts[i] for i in live]
+        if isinstance(self.index, BM25Index):
+            scans = tqdm(
+                self.index.scores(live_texts),
+                "nested ranks (BM25)",
+                len(live),
+                disable=len(live) * len(self) < LONG_SCAN,
+            )
+            for i, gone, scores in zip(live, removed, scans, strict=True):
+                t = scores[targets[i]]
+                higher, tied = scores > t, scores == t
+                higher[gone] = tied[gone] = False
+                out[i] = 1 + _cumulative(tier[higher], n_tiers) + _cumulative(tier[tied], n_tiers) // 2
+            return out
+        out[live] = 1 + self._nested_counts(self._queries(live_texts), targets[live], removed, tier, n_tiers)
+        return out
+
+    def _removed(self, target: int, exclude: Sequence[str]) -> np.ndarray:
+        """Pool rows never counted above a text's target: the target itself and its excluded items in the pool."""
+        rows = [self._pos[str(i)] for i in exclude if str(i) in self._pos]
+        return np.unique(np.array([target, *rows], dtype=np.int64))
+
+    def _nested_counts(
+        self, q: np.ndarray, targets: np.ndarray, removed: list[np.ndarray], tier: np.ndarray, n_tiers: int
+    ) -> np.ndarray:
+        """Cumulative per-tier counts of items scoring strictly above each target (dense).
+
+        The pool is visited in tier order, in blocks of POOL_BLOCK copied vectors, so a (QUERY_BATCH x
+        POOL_BLOCK) score tile is the largest array: ~160 MB whatever the pool and query count.
+        """
+        order = np.argsort(tier, kind="stable")
+        bounds = np.searchsorted(tier[order], np.arange(n_tiers + 1))
+        at = np.empty(len(tier), dtype=np.int64)
+        at[order] = np.arange(len(tier))
+        thresholds = np.einsum("ij,ij->i", q, self.index.vectors(targets))
+        counts = np.zeros((len(q), n_tiers), dtype=np.int64)
+        blocks = [
+            (j, a, min(a + POOL_BLOCK, bounds[j + 1]))
+            for j in range(n_tiers)
+            for a in range(bounds[j], bounds[j + 1], POOL_BLOCK)
+        ]
+        for s in range(0, len(q), QUERY_BATCH):
+            qb, tb = q[s : s + QUERY_BATCH], thresholds[s : s + QUERY_BATCH, None]
+            gone = removed[s : s + QUERY_BATCH]
+            rows = np.repeat(np.arange(len(gone)), [len(g) for g in gone])
+            cols = at[np.concatenate(gone)]
+            for j, a, b in tqdm(blocks, desc="nested ranks", unit="block", disable=len(q) * len(tier) < LONG_SCAN):
+                above = (qb @ self.index.vectors(order[a:b]).T) > tb
+                hit = (cols >= a) & (cols < b)
+                above[rows[hit], cols[hit] - a] = False
+                counts[s : s + len(qb), j] += above.sum(axis=1)
+        return np.cumsum(counts, axis=1)
+
+
+def _cumulative(tier: np.ndarray, n_tiers: int) -> np.ndarray:
+    """Items per sub-pool: how many of `tier` are <= j, for j = 0..n_tiers-1."""
+    return np.cumsum(np.bincount(tier, minlength=n_tiers + 1)[:n_tiers])

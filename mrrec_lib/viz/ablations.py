@@ -29,7 +29,7 @@ RECR1 = "recr1"
 ALL_LEVELS = ("record", "pattern", "profile")
 RETRIEVER_KEYS = frozenset({"memory_retriever", "item_retriever", "encoder_model", "encoder_query_instruction"})
 # Keys that say how a run was evaluated or reported, not what was trained or measured.
-_BOOKKEEPING = frozenset({"eval_systems", "eval_reference_system", "eval_table_categories", "eval_recr1_run", "eval_recr1_params",
+_BOOKKEEPING = frozenset({"eval_systems", "eval_reference_system", "eval_table_categories", "eval_recr1_run", "eval_recr1_params", "eval_models_run",
                           "case_study_n", "bootstrap_samples"})
 
 # (label, config change vs the base, system, the shipped delta that produces it)

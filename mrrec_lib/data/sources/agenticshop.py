@@ -7,6 +7,9 @@ Facts checked on the shared Grocery file (and handled for any file in this forma
   target's text is removed and counted, otherwise the held-out words would
   sit in the user's memory.
 - There are no item ids: an item is `stable_id(title, store)`.
+- The category is the file's Amazon 2023 category (its stem,
+  "Grocery_and_Gourmet_Food"), the name every source uses; the second level of the
+  product's category path ("Beverages") is the subcategory.
 - There are no timestamps. The target (the held-out, most recent purchase)
   comes first, and reviews such as "I ordered more of this" precede the
   earlier "I just had one of these" of the same product, so the list is
@@ -31,7 +34,6 @@ from mrrec_lib.data.sources.base import (
     targets_frame,
 )
 from mrrec_lib.data.text import (
-    category_kind,
     clean_text,
     compose_item_text,
     is_long,
@@ -51,10 +53,9 @@ def _product_row(product: dict[str, Any], file_category: str, cfg: Config) -> di
         return None
     store = clean_text(product.get("store"))
     cats = [clean_text(c) for c in product.get("categories") or [] if clean_text(c)]
-    category = cats[0] if cats else clean_text(product.get("main_category")) or file_category
     return {
         "item_id": stable_id(title, store, prefix="as-"),
-        "category": category,
+        "category": file_category,
         "subcategory": cats[1] if len(cats) > 1 else "",
         "title": title,
         "description": clean_text(product.get("description")),
@@ -66,9 +67,9 @@ def _product_row(product: dict[str, Any], file_category: str, cfg: Config) -> di
             store,
             product.get("features") or "",
             max_chars=cfg.item_text_max_chars,
+            category=file_category,
         ),
         "source": SOURCE,
-        "_kind": category_kind(cats),
     }
 
 
@@ -159,10 +160,6 @@ def load_file(path: Path, cfg: Config, skips: SkipLog) -> tuple[list[dict], list
                 "review_title": clean_text(target_raw.get("user_review_title")),
                 "review_text": target_text,
                 "category": target_item["category"],
-                "subcategory": target_item["subcategory"],
-                "noun_hint": target_item["_kind"],
-                "item_title": target_item["title"],
-                "store": target_item["store"],
                 "raw_query": "",
                 "rule": "heldout",
                 "source": SOURCE,
@@ -181,5 +178,5 @@ def load_agenticshop(cfg: Config, skips: SkipLog) -> SourceData:
             items.setdefault(row["item_id"], row)
         interactions += f_inter
         targets += f_targets
-    item_df = items_frame([{k: v for k, v in r.items() if not k.startswith("_")} for r in items.values()])
+    item_df = items_frame(list(items.values()))
     return SourceData(item_df, interactions_frame(interactions), targets_frame(targets))

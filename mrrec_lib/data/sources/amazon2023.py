@@ -288,7 +288,11 @@ def _item_rows(sel: _Selector, titles: dict[str, str], cfg: Config) -> list[dict
         snippets = [rv.text for rv in usable if rv.text][: cfg.item_text_max_reviews]
         title = titles.get(item, "")
         text = compose_item_text(
-            title, reviews=snippets, review_chars=cfg.review_trim_chars, max_chars=cfg.item_text_max_chars
+            title,
+            reviews=snippets,
+            review_chars=cfg.review_trim_chars,
+            max_chars=cfg.item_text_max_chars,
+            category=cfg.amazon2023_reviews_category,
         )
         if not text:
             continue
@@ -352,10 +356,6 @@ def load_amazon2023(cfg: Config, skips: SkipLog) -> SourceData:
                 "review_title": rv.title,
                 "review_text": rv.text,
                 "category": category,
-                "subcategory": "",
-                "noun_hint": "",
-                "item_title": titles.get(rv.item_id, ""),
-                "store": "",
                 "raw_query": "",
                 "rule": rule,
                 "source": SOURCE,

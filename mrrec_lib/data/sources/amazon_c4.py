@@ -138,15 +138,17 @@ def load_queries(cfg: Config, skips: SkipLog, download: Downloader) -> list[dict
 def pool_item(obj: dict[str, Any], cfg: Config) -> dict[str, Any]:
     metadata = clean_text(obj["metadata"])
     title = trim(first_sentence(metadata), 200)
+    description = metadata[len(title) :].strip() if metadata.startswith(title) else metadata
+    category = clean_text(obj["category"])
     return {
         "item_id": str(obj["item_id"]),
-        "category": clean_text(obj["category"]),
+        "category": category,
         "subcategory": "",
         "title": title,
-        "description": metadata[len(title) :].strip() if metadata.startswith(title) else metadata,
+        "description": description,
         "store": "",
         "price": float("nan"),
-        "text": trim(metadata, cfg.item_text_max_chars),
+        "text": compose_item_text(title, description, max_chars=cfg.item_text_max_chars, category=category),
         "source": SOURCE,
     }
 
@@ -175,14 +177,19 @@ def meta_item(obj: dict[str, Any], category: str, cfg: Config) -> dict[str, Any]
     store = clean_text(obj.get("store"))
     return {
         "item_id": str(obj["parent_asin"]),
-        "category": clean_text(obj.get("main_category")) or category,
+        "category": category,
         "subcategory": cats[1] if len(cats) > 1 else "",
         "title": title,
         "description": clean_text(obj.get("description")),
         "store": store,
         "price": parse_price(obj.get("price")),
         "text": compose_item_text(
-            title, obj.get("description") or "", store, obj.get("features") or "", max_chars=cfg.item_text_max_chars
+            title,
+            obj.get("description") or "",
+            store,
+            obj.get("features") or "",
+            max_chars=cfg.item_text_max_chars,
+            category=category,
         ),
         "source": SOURCE,
     }
@@ -299,10 +306,6 @@ def load_amazon_c4(cfg: Config, skips: SkipLog, download: Downloader = hub_downl
                 "review_title": target["review_title"],
                 "review_text": text,
                 "category": item["category"],
-                "subcategory": item["subcategory"],
-                "noun_hint": "",
-                "item_title": item["title"],
-                "store": item["store"],
                 "raw_query": q["query"],
                 "rule": "c4",
                 "source": SOURCE,

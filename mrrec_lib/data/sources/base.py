@@ -25,17 +25,15 @@ TARGET_COLUMNS: dict[str, str] = {
     "rating": "float64",
     "review_title": "string",
     "review_text": "string",
-    "category": "string",
-    "subcategory": "string",
-    "noun_hint": "string",  # the kind of product from the category path, for the extractive query builder
-    "item_title": "string",  # the target's title (the extractive builder takes the product kind from it)
-    "store": "string",  # brand to keep out of the query
+    "category": "string",  # the target item's top-level (Amazon 2023 file) category
     "raw_query": "string",  # a request the source already has (Amazon-C4), else empty
-    "rule": "string",  # heldout / earlier_review / c4
+    "rule": "string",  # heldout / earlier_review / review / c4
     "source": "string",
 }
+# No field of the target item itself (title, brand, category path) is here: a request
+# writer must see what Amazon-C4's writer saw, the review alone (`data/queries.py`).
 
-RULES = ("heldout", "earlier_review", "c4")
+RULES = ("heldout", "earlier_review", "review", "c4")
 
 
 @dataclass
