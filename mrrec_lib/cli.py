@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 import yaml
@@ -32,6 +33,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         [args.params, *args.file], only=args.only, overrides=overrides, force=args.force, log_output=args.verbose
     )
     print(f"run folder: {paths.root}")
+    if args.record:
+        from mrrec_lib.results import record_run
+
+        print(f"record: {record_run(paths.root, args.results_dir, command=args.command_line)}")
     return 0
 
 
@@ -69,6 +74,39 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    from mrrec_lib.results import check_record, record_run
+
+    dest = record_run(args.run, args.results_dir, allow_stale=args.allow_stale)
+    files = sorted(p for p in dest.rglob("*") if p.is_file())
+    print(f"record: {dest} ({len(files)} files, {sum(p.stat().st_size for p in files) / 1e3:.0f} kB)")
+    for problem in check_record(dest):
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from mrrec_lib.results import render_readme
+    from mrrec_lib.runs import resolve
+
+    readme = resolve(args.readme)
+    problems = render_readme(readme, resolve(args.results_dir), args.run)
+    print(f"{readme}: Table 1 rendered from {resolve(args.results_dir) / args.run}")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _cmd_check_record(args: argparse.Namespace) -> int:
+    from mrrec_lib.results import check_record
+    from mrrec_lib.runs import resolve
+
+    record = resolve(args.results_dir) / args.run
+    problems = check_record(record)
+    print("\n".join(problems) if problems else f"{record}: current")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mrrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-name", help="output folder name (default: the config's run_name)")
     r.add_argument("--force", action="store_true", help="rerun stages even if their config hash is unchanged")
     r.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
+    r.add_argument("--record", action="store_true", help="after the run succeeds, record it (as `mrrec record`)")
+    r.add_argument("--results-dir", default="results", help="where --record writes <run name>/ (default: results)")
     r.set_defaults(func=_cmd_run)
 
     v = sub.add_parser(
@@ -92,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the trained run's config.yaml with the -f files and -p keys on top; keys of stages 03/04 cannot change "
         "the trained policies (a note lists them). evaluated_from.json in the new folder records the borrowed "
         "runs and how many evaluated requests come from users the policies were trained on.",
-        epilog="example: mrrec evaluate --run outputs/default -f params/other_source.yaml -p eval_max_queries=50",
+        epilog="example: mrrec evaluate --run outputs/default -f params/eval/agenticshop.yaml -p eval_max_queries=50",
     )
     v.add_argument("--run", required=True, help="the trained run folder, e.g. outputs/default")
     v.add_argument(
@@ -121,11 +161,38 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--user", required=True)
     q.add_argument("-k", type=int, default=10)
     q.set_defaults(func=_cmd_ask)
+
+    c = sub.add_parser(
+        "record",
+        help="copy a finished run's config, stage hashes, metrics and per-request rows into results/<run>/",
+        description="Write the compact, committed record of a run folder: config.yaml, stages.json, record.json "
+        "(commit, machine, stage hashes, file digests), metrics/*.json and small tables, and per_query.csv.gz "
+        "(stage 05's per-request ranks and metrics, no texts), from which Table 1 is recomputed. Refuses when "
+        "stage 05 has not run, when a stage's hash no longer matches the run's config.yaml, or when the "
+        "recomputed Table 1 differs from metrics/05_eval.json.",
+        epilog="example: mrrec record outputs/default && mrrec readme --run default",
+    )
+    c.add_argument("run", help="the run folder, e.g. outputs/default")
+    c.add_argument("--results-dir", default="results", help="records go to <results-dir>/<run name>/")
+    c.add_argument("--allow-stale", action="store_true", help="record despite stale hashes or a mismatch (noted)")
+    c.set_defaults(func=_cmd_record)
+
+    m = sub.add_parser("readme", help="render Table 1 of a record between the README's results markers")
+    m.add_argument("--run", required=True, help="the record's run name, e.g. default")
+    m.add_argument("--results-dir", default="results")
+    m.add_argument("--readme", default="README.md")
+    m.set_defaults(func=_cmd_readme)
+
+    k = sub.add_parser("check-record", help="exit 1 when a record is stale under the current code, listing why")
+    k.add_argument("run", help="the record's run name, e.g. default")
+    k.add_argument("--results-dir", default="results")
+    k.set_defaults(func=_cmd_check_record)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["mrrec", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
     except StageFailed as e:

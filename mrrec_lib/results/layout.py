@@ -1,0 +1,65 @@
+"""What a committed record `results/<run>/` holds, and how its files are read back.
+
+A record is the compact, version-controlled trace of one run folder: outputs/ is git-ignored and
+may be gone in the next session, so every number the README cites must be recomputable from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from mrrec_lib.config import FIELDS, Config, ConfigError
+from mrrec_lib.runs import read_json
+
+CONFIG_FILE = "config.yaml"  # the run's merged config, byte for byte
+STAGES_FILE = "stages.json"  # the run's stage records (config hash, seconds, finished_at)
+RECORD_FILE = "record.json"  # provenance: commit, machine, stage hashes, key classification, file digests
+PER_QUERY_FILE = "per_query.csv.gz"  # stage 05's per-request rows without texts
+METRICS_DIR = "metrics"  # copies of the run's metrics/*.json and small *.md / *.csv tables
+EVAL_METRICS = f"{METRICS_DIR}/05_eval.json"
+EVALUATED_FROM = "evaluated_from.json"  # copied when the run was made by `mrrec evaluate`
+
+ID_COLUMNS = ("system", "qid", "user_id", "category", "target_item_id")
+
+
+def record_dir(results_dir: str | Path, run: str) -> Path:
+    return Path(results_dir) / run
+
+
+def read_config(record: Path) -> Config:
+    """The recorded config under the current code.
+
+    Keys the code no longer has are dropped so old records stay readable; if such a key was hashed,
+    `check_record` reports the stages it made stale.
+    """
+    data: dict[str, Any] = yaml.safe_load((record / CONFIG_FILE).read_text()) or {}
+    try:
+        return Config(**{k: v for k, v in data.items() if k in FIELDS})
+    except ValidationError as e:
+        raise ConfigError(f"{record / CONFIG_FILE} is no longer a valid config under the current code: {e}") from e
+
+
+def read_record(record: Path) -> dict[str, Any]:
+    return read_json(record / RECORD_FILE)
+
+
+def read_eval_metrics(record: Path) -> dict[str, Any]:
+    return read_json(record / EVAL_METRICS)
+
+
+def read_per_query(record: Path) -> pd.DataFrame:
+    """The per-request rows exactly as written: ids stay strings ("NA" or "0012" too), ranks keep inf."""
+    path = record / PER_QUERY_FILE
+    header = pd.read_csv(path, nrows=0).columns
+    ids = [c for c in header if c in ID_COLUMNS]
+    return pd.read_csv(
+        path,
+        dtype=dict.fromkeys(ids, str),
+        keep_default_na=False,
+        na_values={c: [""] for c in header if c not in ids},
+    )

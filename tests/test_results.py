@@ -1,0 +1,263 @@
+"""Durable results: a fake run folder made by the real stage-05 code (fake retrievers and LLM, no model), recorded
+into results/<run>/, Table 1 recomputed from the per-request rows alone, README rendering, refusals, staleness."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_eval import _ctx, _fixed_runner, _queries
+
+from mrrec_lib import stages
+from mrrec_lib.cli import main
+from mrrec_lib.config import load_config, save_config
+from mrrec_lib.eval import report
+from mrrec_lib.eval.evaluate import evaluate_systems, metric_names
+from mrrec_lib.results import (
+    END,
+    START,
+    StaleRecordError,
+    check_record,
+    recompute_table,
+    record_run,
+    render_readme,
+    verify_record,
+)
+from mrrec_lib.results.layout import read_per_query
+from mrrec_lib.runs import MissingStageError, RunPaths, read_json, write_json
+
+ROOT_RESULTS = Path(__file__).resolve().parents[1] / "results"
+SYSTEMS = ["query_dense", "query_bm25", "zeroshot_none", "recr1", "mrrec_sft", "mrrec"]
+TEXT_COLUMNS = {"query", "profile", "raw", "final_text", "text", "text_alt", "memory_text", "top_items"}
+
+
+def _fake_run(tmp_path, **cfg_kw) -> RunPaths:
+    """A run folder as `mrrec run` leaves it after stage 05: config.yaml, stages.json, metrics and per-query rows.
+
+    recr1 has no checkpoint (a "not run" row), zeroshot_none has malformed answers, mrrec finds some targets,
+    names an earlier item on others (kept vs excluded ranks differ) and misses the rest.
+    """
+    queries = _queries().assign(title_overlap=lambda d: d.index % 3)
+    ctx, _ = _ctx(tmp_path, queries=queries, **cfg_kw)
+    texts = {"q00": "hit", "q01": "hit", "q02": "i30", "q05": "i32 5", "q06": "hit", "q09": "item 9"}
+    runners = {"mrrec": _fixed_runner(texts), "mrrec_sft": _fixed_runner({"q00": "hit", "q03": "hit"})}
+    res = evaluate_systems(ctx.cfg, ctx.paths, SYSTEMS, context=ctx, runners=runners, progress=False)
+    rep = report.build_report(res)
+    report.write_report(rep, res, ctx.paths)
+    write_json(ctx.paths.metrics_file("05_eval"), {**rep.metrics, "reused": res.reused})
+    write_json(ctx.paths.metrics_file("01_data"), {"n_queries": 20})
+    save_config(ctx.cfg, ctx.paths.config_file)
+    for s in ("01", "02", "03", "04", "05"):
+        stages.record_stage(ctx.paths, s, ctx.cfg, 1.0)
+    return ctx.paths
+
+
+@pytest.fixture
+def run(tmp_path) -> RunPaths:
+    return _fake_run(tmp_path)
+
+
+def _assert_matches_metrics(table: pd.DataFrame, metrics: dict) -> None:
+    """Means, n and cost columns equal to stage 05's record, CI bounds within 1e-9."""
+    systems = metrics["systems"]
+    assert table["system"].tolist() == list(systems)
+    for r in table.to_dict("records"):
+        rec = systems[r["system"]]
+        assert r["status"] == rec["status"]
+        if rec["status"] != "ok":
+            assert r["reason"] == rec["reason"]
+            continue
+        assert (r["n"], r["n_users"]) == (rec["n"], rec["n_users"])
+        for m in metric_names(metrics["ks"]):
+            assert r[m] == rec["metrics"][m]["mean"]
+            assert r[f"{m}_lo"] == pytest.approx(rec["metrics"][m]["lo"], abs=1e-9)
+            assert r[f"{m}_hi"] == pytest.approx(rec["metrics"][m]["hi"], abs=1e-9)
+        for c in report.COST_COLUMNS:
+            want = rec["metrics"][c]
+            assert (want is None and math.isnan(r[c])) or r[c] == want
+
+
+def test_record_recomputes_table1_from_the_per_request_rows(run, tmp_path):
+    dest = record_run(run.root, tmp_path / "results")
+    assert dest == tmp_path / "results" / "r"
+    names = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert {"config.yaml", "stages.json", "record.json", "per_query.csv.gz", "metrics/05_eval.json"} <= names
+    assert {"metrics/01_data.json", "metrics/05_table1.md", "metrics/05_table1.csv"} <= names
+    assert not any(n.endswith(".parquet") or n.startswith(".") for n in names)
+    table = recompute_table(dest)
+    metrics = read_json(dest / "metrics" / "05_eval.json")
+    _assert_matches_metrics(table, metrics)
+    assert table.set_index("system").loc["recr1", "status"] == report.NOT_RUN
+    assert table.set_index("system").loc["zeroshot_none", "malformed_rate"] > 0
+    assert verify_record(dest) == [] and check_record(dest) == []
+
+
+def test_per_query_file_is_compact_exact_and_deterministic(run, tmp_path):
+    dest = record_run(run.root, tmp_path / "results")
+    rows = read_per_query(dest)
+    source = pd.read_parquet(run.metrics / "05_per_query.parquet")
+    assert not TEXT_COLUMNS & set(rows.columns)
+    assert {"rank", "rank_keep", "rank_excl_alt", "N@1000", "malformed", "tool_calls", "title_overlap"} <= set(rows)
+    pd.testing.assert_frame_equal(rows, source[rows.columns], check_dtype=False)
+    assert rows["rank"].map(math.isinf).any()  # "nothing retrieved" survives the CSV round trip
+    rec = read_json(dest / "record.json")
+    assert rec["per_query"]["rows"] == len(source) and rec["per_query"]["missing_columns"] == []
+    first = (dest / "per_query.csv.gz").read_bytes()
+    assert gzip.decompress(first).startswith(b"system,qid,user_id,category,target_item_id,rank,")
+    again = record_run(run.root, tmp_path / "results")
+    assert (again / "per_query.csv.gz").read_bytes() == first  # re-recording an unchanged run: no diff
+
+
+def test_record_json_provenance(run, tmp_path):
+    dest = record_run(run.root, tmp_path / "results", command="mrrec run params/x.yaml --record")
+    rec = read_json(dest / "record.json")
+    run_cfg = load_config(run.config_file)
+    assert rec["run"] == "r" and rec["run_command"] == "mrrec run params/x.yaml --record"
+    assert set(rec["machine"]) >= {"cpu_count", "torch_threads", "load_average"}
+    assert len(rec["machine"]["load_average"]) == 3
+    assert rec["git"] is None or {"commit", "dirty"} <= set(rec["git"])
+    for s in ("01", "02", "03", "04", "05"):
+        assert rec["stages"][s]["hash"] == rec["stages"][s]["hash_at_record"] == stages.stage_hash(run_cfg, s)
+    assert rec["key_stages"]["grpo_lr"] == "04" and rec["key_stages"]["run_name"] == "ignored"
+    assert rec["problems_at_record"] == []
+    written = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and p.name != "record.json"}
+    assert set(rec["files"]) == written
+
+
+def test_older_runs_without_setting_columns_still_recompute(tmp_path):
+    run = _fake_run(tmp_path)
+    pq = run.metrics / "05_per_query.parquet"
+    old = pd.read_parquet(pq).drop(columns=["rank_keep", "rank_excl", "rank_keep_alt", "rank_excl_alt", "tool_calls"])
+    old.to_parquet(pq, index=False)
+    dest = record_run(run.root, tmp_path / "results")
+    missing = read_json(dest / "record.json")["per_query"]["missing_columns"]
+    assert missing == ["rank_keep", "rank_excl", "rank_keep_alt", "rank_excl_alt", "tool_calls"]
+    assert verify_record(dest) == [] and "tool_calls" not in recompute_table(dest)
+
+
+def test_headline_from_the_recorded_setting(tmp_path):
+    run = _fake_run(tmp_path, eval_malformed="raw_text", eval_exclude_history=False)
+    dest = record_run(run.root, tmp_path / "results")
+    _assert_matches_metrics(recompute_table(dest), read_json(dest / "metrics" / "05_eval.json"))
+
+
+def _readme(path, body="old table"):
+    path.write_text(f"# Title\n\nintro\n\n{START}\n{body}\n{END}\n\nafter\n")
+    return path
+
+
+def test_readme_table_between_markers(run, tmp_path):
+    results = tmp_path / "results"
+    record_run(run.root, results)
+    readme = _readme(tmp_path / "README.md")
+    assert render_readme(readme, results, "r") == []
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n" + START + "\n") and text.endswith(END + "\n\nafter\n")
+    assert "old table" not in text
+    block = text.split(START)[1].split(END)[0]
+    assert "10 test requests from 4 users" in block and "malformed answers score 0, earlier items excluded" in block
+    assert "`mrrec readme --run r`" in block and "[`results/r/`](results/r/)" in block
+    assert "Reproduce: `mrrec run" in block and "`recr1` not run:" in block
+    mrrec = read_json(run.metrics_file("05_eval"))["systems"]["mrrec"]
+    n100 = mrrec["metrics"]["N@100"]
+    cell = "{:.3f} [{:.3f}, {:.3f}]".format(n100["mean"], n100["lo"], n100["hi"])
+    row = next(line for line in block.splitlines() if line.startswith(f"| {mrrec['method']} |"))
+    assert cell in row
+    header = next(line for line in block.splitlines() if line.startswith("| System"))
+    assert all(m in header for m in ("R@10", "R@100", "R@1000", "N@10", "N@100", "N@1000", "Malformed"))
+    render_readme(readme, results, "r")
+    assert readme.read_text() == text  # deterministic: re-rendering an unchanged record changes nothing
+
+
+def test_readme_without_markers_is_an_error(run, tmp_path):
+    record_run(run.root, tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results:table1:start.*results:table1:end"):
+        render_readme(readme, tmp_path / "results", "r")
+    with pytest.raises(FileNotFoundError, match="mrrec record"):
+        render_readme(_readme(readme), tmp_path / "results", "other")
+
+
+def test_refuses_missing_run_or_stage_outputs(run, tmp_path):
+    with pytest.raises(MissingStageError, match="does not exist"):
+        record_run(tmp_path / "nope", tmp_path / "results")
+    (run.metrics / "05_per_query.parquet").unlink()
+    with pytest.raises(MissingStageError, match="05_per_query.parquet.*05_evaluation"):
+        record_run(run.root, tmp_path / "results")
+    run.metrics_file("05_eval").unlink()
+    with pytest.raises(MissingStageError, match="05_eval.json.*05_evaluation"):
+        record_run(run.root, tmp_path / "results")
+    (run.root / "stages.json").unlink()
+    with pytest.raises(MissingStageError, match="stages.json.*mrrec run"):
+        record_run(run.root, tmp_path / "results")
+    assert not (tmp_path / "results" / "r").exists() and not list((tmp_path / "results").glob(".*"))
+
+
+def test_refuses_a_run_whose_config_changed_after_stage_05(run, tmp_path):
+    save_config(load_config(run.config_file, overrides={"bootstrap_samples": 300}), run.config_file)
+    with pytest.raises(StaleRecordError, match="stage 05_evaluation ran with config hash"):
+        record_run(run.root, tmp_path / "results")
+    assert not (tmp_path / "results" / "r").exists()
+    dest = record_run(run.root, tmp_path / "results", allow_stale=True)
+    problems = check_record(dest)
+    assert any(p.startswith("recorded with a known problem: stage 05_evaluation") for p in problems)
+    assert any("Table 1 recomputation" in p and "lo" in p for p in problems)  # 300 draws are not stage 05's 200
+
+
+def test_staleness_after_a_key_changes_stage(run, tmp_path, monkeypatch):
+    dest = record_run(run.root, tmp_path / "results")
+    assert check_record(dest) == []
+    monkeypatch.setattr(stages, "IGNORED_KEYS", stages.IGNORED_KEYS | {"max_users"})
+    problems = check_record(dest)
+    assert len(problems) == 5 and all(p.startswith("stale: stage ") for p in problems)
+    assert "no longer hashed: max_users" in problems[0] and "`mrrec run` would rerun it" in problems[0]
+    readme = _readme(tmp_path / "README.md")
+    assert render_readme(readme, tmp_path / "results", "r") == problems
+    assert "**Stale record**" in readme.read_text() and "(and 4 more)" in readme.read_text()
+
+
+def test_staleness_names_only_the_stages_a_moved_key_hashes(run, tmp_path, monkeypatch):
+    dest = record_run(run.root, tmp_path / "results")
+    monkeypatch.setattr(stages, "_PREFIX_STAGE", (("naive_memory_n", "06"), *stages._PREFIX_STAGE))
+    problems = check_record(dest)
+    assert len(problems) == 1 and problems[0].startswith("stale: stage 05_evaluation ran with config hash")
+    assert "no longer hashed: naive_memory_n" in problems[0]
+
+
+def test_hand_edits_and_changed_hashes_are_reported(run, tmp_path):
+    dest = record_run(run.root, tmp_path / "results")
+    records = json.loads((dest / "stages.json").read_text())
+    records["03"]["hash"] = "0" * 16
+    (dest / "stages.json").write_text(json.dumps(records))
+    problems = check_record(dest)
+    assert problems[0] == "stages.json changed since it was recorded (records are written by `mrrec record` only)"
+    assert any(p.startswith("stale: stage 03_sft_warmup ran with config hash 0000") for p in problems)
+
+
+def test_cli_record_readme_check_and_run_record(run, tmp_path, monkeypatch, capsys):
+    results = str(tmp_path / "results")
+    assert main(["record", str(run.root), "--results-dir", results]) == 0
+    assert "files" in capsys.readouterr().out
+    readme = _readme(tmp_path / "README.md")
+    assert main(["readme", "--run", "r", "--results-dir", results, "--readme", str(readme)]) == 0
+    assert "| System | Memory |" in readme.read_text()
+    assert main(["check-record", "r", "--results-dir", results]) == 0
+    assert main(["record", str(tmp_path / "missing"), "--results-dir", results]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setattr("mrrec_lib.runner.run", lambda *a, **k: run)
+    assert main(["run", "params/smoke.yaml", "--record", "--results-dir", results]) == 0
+    rec = read_json(tmp_path / "results" / "r" / "record.json")
+    assert rec["run_command"] == f"mrrec run params/smoke.yaml --record --results-dir {results}"
+    monkeypatch.setattr(stages, "IGNORED_KEYS", stages.IGNORED_KEYS | {"max_users"})
+    assert main(["check-record", "r", "--results-dir", results]) == 1
+
+
+@pytest.mark.skipif(not (ROOT_RESULTS / "default").is_dir(), reason="no committed results/default/ record")
+def test_committed_default_record_recomputes_its_table():
+    record = ROOT_RESULTS / "default"
+    _assert_matches_metrics(recompute_table(record), read_json(record / "metrics" / "05_eval.json"))
