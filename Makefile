@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build on disk here; GPU users: `make TORCH_SPEC=torch install` (or conda, see environment.yml).
 TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/default.yaml
+BUDGET_MIN ?= 150  # minutes of the ablation study per invocation; records in results/ carry it across sessions
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -36,7 +37,7 @@ test-all: install
 	$(VENV)/bin/pytest -q
 
 ablations: install
-	$(VENV)/bin/mrrec ablate $(PARAMS) params/ablations/*.yaml
+	$(VENV)/bin/mrrec ablate $(PARAMS) params/ablations/*.yaml --budget-min $(BUDGET_MIN)
 
 lint: install
 	$(VENV)/bin/ruff check --fix mrrec_lib tests benchmarks

@@ -1,10 +1,11 @@
-"""Batch ablations: one run per params delta, sharing identical upstream stages.
+"""Ablation runs: one run per params delta, sharing identical upstream stages.
 
 Before a run starts, the longest prefix of stages whose config hashes match a
 finished run (any folder under outputs/) is seeded from that donor: big,
 immutable artefacts (data, memory, checkpoints) are hard-linked, small mutable
 ones (logs, figures) copied. Then `runner.run` skips the seeded stages. A
-failing run is reported and the batch goes on.
+failing run is reported, not raised, so the study (`mrrec_lib.study`, which
+orders, budgets and records these runs) goes on.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
 from mrrec_lib import runner, stages
 from mrrec_lib.config import Config, load_config
-from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, atomic_write_text, read_json, resolve, write_json
+from mrrec_lib.runs import RunPaths, atomic_write_text, read_json, resolve, write_json
 
 # Per stage, the run-folder subpaths it produces that later stages only read.
 STAGE_ARTEFACTS: dict[str, tuple[str, ...]] = {
@@ -31,7 +31,8 @@ STAGE_ARTEFACTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _run_cfg(base: Path, delta: Path | None) -> Config:
+def run_config(base: Path, delta: Path | None) -> Config:
+    """The merged config of the base (delta None) or of base + delta; a delta without its own name runs as abl-<stem>."""
     files = [base] if delta is None else [base, delta]
     cfg = load_config(*files)
     if delta is not None and cfg.run_name == load_config(base).run_name:
@@ -93,18 +94,24 @@ def seed_from_donor(cfg: Config, paths: RunPaths, outputs: Path) -> tuple[str | 
     return donor.root.name, prefix
 
 
-def _one(base: Path, delta: Path | None, only: str | None, outputs: Path) -> dict:
+def run_one(base: Path, delta: Path | None, only: str | None, outputs: Path) -> dict:
+    """Seed the run from a donor, run its stages; the outcome as a dict (status "ok" or "failed", never raised)."""
     name = delta.stem if delta else "base"
     try:
-        cfg = _run_cfg(base, delta)
+        cfg = run_config(base, delta)
         files = [base] if delta is None else [base, delta]
         cfg_paths = runner.prepare_run(files, {"run_name": cfg.run_name})[1]
         donor, shared = seed_from_donor(cfg, cfg_paths, outputs)
         runner.run(files, only=only, overrides={"run_name": cfg.run_name})
         return {"ablation": name, "run": cfg.run_name, "status": "ok", "shared_from": donor, "shared_stages": shared}
-    except Exception as e:  # one failing configuration must not stop the batch
-        return {"ablation": name, "run": None, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(limit=3)}
+    except Exception as e:  # one failing configuration must not stop the study
+        return {
+            "ablation": name,
+            "run": None,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(limit=3),
+        }
 
 
 def train_recr1_companion(params: list[str | Path], overrides: dict | None, cfg: Config) -> None:
@@ -145,11 +152,15 @@ def flatten_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def summarise(results: list[dict], outputs: Path, summary: Path) -> pd.DataFrame:
+def summarise(results: list[dict], runs: Path, summary: Path) -> pd.DataFrame:
+    """The ablation summary notebook 06 reads: one row per (ablation, evaluated system) of `runs/<run>/metrics`.
+
+    `runs` is outputs/ or results/ (a record keeps the run's metrics/05_eval.json under the same path).
+    """
     rows = []
     for r in results:
         base_row = {"ablation": r["ablation"], "run": r["run"], "run_status": r["status"]}
-        metric_rows = flatten_metrics(outputs / r["run"]) if r["run"] else []
+        metric_rows = flatten_metrics(runs / r["run"]) if r["run"] else []
         rows += [{**base_row, **m} for m in metric_rows] or [{**base_row, "error": r.get("error", "no metrics")}]
     df = pd.DataFrame(rows)
     summary.parent.mkdir(parents=True, exist_ok=True)
@@ -157,21 +168,3 @@ def summarise(results: list[dict], outputs: Path, summary: Path) -> pd.DataFrame
     atomic_write_text(summary.with_suffix(".md"), df.to_markdown(index=False, floatfmt=".4f") if len(df) else "")
     write_json(summary.with_suffix(".runs.json"), results)
     return df
-
-
-def ablate(base: str | Path, deltas: list[str | Path], jobs: int = 1, only: str | None = None) -> pd.DataFrame:
-    """Run the base config, then every delta over it; aggregate into the ablation summary."""
-    base = Path(base)
-    base_cfg = load_config(base)
-    outputs = resolve(base_cfg.outputs_dir)
-    # Stage 06 summarises this batch and 07 is interactive: neither belongs inside a batch member.
-    only = only or ",".join(s for s in runner.available_stages() if s not in ("06", "07"))
-    results = [_one(base, None, only, outputs)]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results += list(pool.map(lambda d: _one(base, Path(d), only, outputs), deltas))
-    for r in results:
-        msg = f"[{r['status']}] {r['ablation']} -> {r['run']}"
-        if r.get("shared_stages"):
-            msg += f" (reused {','.join(STAGES[s] for s in r['shared_stages'])} from {r['shared_from']})"
-        print(msg if r["status"] == "ok" else f"{msg}: {r['error']}")
-    return summarise(results, outputs, ablation_summary_file(base_cfg))

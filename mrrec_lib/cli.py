@@ -51,11 +51,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from mrrec_lib.ablate import ablate
+    from mrrec_lib.study import run_study
 
-    df = ablate(args.base, args.deltas, jobs=args.jobs, only=args.only)
-    failed = int((df.get("run_status") == "failed").sum()) if len(df) else 0
-    print(f"{len(df)} summary rows, {failed} from failed runs")
+    run_study(
+        args.base,
+        args.deltas,
+        budget_min=args.budget_min,
+        results_dir=args.results_dir,
+        dry_run=args.dry_run,
+        retry_failed=args.retry_failed,
+        command=args.command_line,
+    )
     return 0
 
 
@@ -143,11 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
     v.set_defaults(func=_cmd_evaluate)
 
-    a = sub.add_parser("ablate", help="run a base config and each params delta; summarise all metrics")
-    a.add_argument("base")
-    a.add_argument("deltas", nargs="+")
-    a.add_argument("--jobs", type=int, default=1, help="ablation runs in parallel (each still uses all cores)")
-    a.add_argument("--only", help="stages to run per ablation (default: all but 06/07)")
+    a = sub.add_parser(
+        "ablate",
+        help="the ablation study: run and record what results/ lacks, within a time budget",
+        description="Run the base params and each delta over it, in priority order (base, w/o global / local "
+        "memory, Rec-R1, local-memory levels, top-k, BM25, seeds, GRPO from base, LLM memory builder, then unknown "
+        "deltas by name). An ablation whose record results/<run>/ is current (same stage-01/05 config hashes, "
+        "`mrrec check-record` clean) is skipped; one that failed with the same params (results/<run>/failed.json) "
+        "too, unless --retry-failed. A run starts only if its estimated minutes (`mrrec estimate`, calibrated by "
+        "the base run's measured stage times, minus stages shared with finished runs) fit the remaining budget; "
+        "each finished run is recorded at once. Prints, and writes to <results-dir>/study.json, what is left.",
+        epilog="example: mrrec ablate params/default.yaml params/ablations/*.yaml --budget-min 170",
+    )
+    a.add_argument("base", help="base params YAML, e.g. params/default.yaml")
+    a.add_argument("deltas", nargs="+", help="params deltas, e.g. params/ablations/*.yaml")
+    a.add_argument("--budget-min", type=float, help="wall-time budget in minutes (default: no limit)")
+    a.add_argument("--results-dir", default="results", help="records are read from / written to <dir>/<run>/")
+    a.add_argument("--dry-run", action="store_true", help="run nothing: print and write what is recorded and left")
+    a.add_argument("--retry-failed", action="store_true", help="rerun ablations that failed with the same params")
     a.set_defaults(func=_cmd_ablate)
 
     e = sub.add_parser("estimate", help="print expected tokens, time and embedding size per stage")

@@ -178,3 +178,58 @@ def test_delta_evaluates_known_systems(name):
 
     cfg = load_config(DEFAULT, DELTAS / f"{name}.yaml")
     assert resolve_systems(cfg.eval_systems)
+
+
+def _paired_batch(outputs, per_user_diff: dict[str, float]) -> tuple[pd.DataFrame, dict]:
+    """Base and two variants, 2 requests per user; a variant's R@100 is the full model's plus `per_user_diff[user]`."""
+    from mrrec_lib.runs import RunPaths, write_parquet
+
+    users = [u for u in per_user_diff for _ in range(2)]
+    full = np.linspace(0.2, 0.6, len(users))
+    cfg = load_config(DEFAULT)
+    for run, shift in (("default", 0.0), ("abl-topk_1", 1.0), ("abl-no_global_memory", -0.5)):
+        vals = full + shift * np.array([per_user_diff[u] for u in users])
+        per_query = pd.DataFrame({"system": "mrrec", "qid": [f"q{i}" for i in range(len(users))], "user_id": users,
+                                  "R@100": vals, "N@100": vals / 2})  # fmt: skip
+        paths = RunPaths(outputs / run).ensure()
+        write_parquet(per_query, paths.metrics / "05_per_query.parquet")
+        stages.record_stage(paths, "01", cfg, 1.0)
+    summary = pd.DataFrame([_row(a, "mrrec", 0.4) for a in ("base", "topk_1", "no_global_memory")])
+    summary["run"] = ["default", "abl-topk_1", "abl-no_global_memory"]
+    rows = pd.DataFrame({"label": ["top-1", "w/o global"], "ablation": ["topk_1", "no_global_memory"],
+                         "system": "mrrec", "status": "ok"})  # fmt: skip
+    return summary, {"p": ab.Panel(rows)}
+
+
+def test_paired_vs_full_resamples_users_and_holm_adjusts(tmp_path):
+    from mrrec_lib.eval.stats import holm, min_detectable_difference
+
+    diffs = {"u1": 0.10, "u2": 0.02, "u3": 0.06, "u4": 0.04}
+    summary, panels = _paired_batch(tmp_path, diffs)
+    seen = []
+
+    def fake(a, b, clusters, n_samples, seed):
+        seen.append(list(clusters))
+        d = float(np.mean(a - b))
+        return {"diff": d, "lo": d, "hi": d, "p_bootstrap": 0.01 * (seed + 1), "p_permutation": 0.01 * (seed + 1)}
+
+    paired = ab.paired_vs_full(panels, summary, tmp_path, ["R@100", "N@100"], n_samples=50, seed=0, test=fake)
+    assert seen[0] == ["u1", "u1", "u2", "u2", "u3", "u3", "u4", "u4"]  # clusters: the user of each paired request
+    top1 = paired[paired["ablation"] == "topk_1"].set_index("metric")
+    assert top1.loc["R@100", "diff"] == pytest.approx(np.mean(list(diffs.values())))
+    assert (paired["n"] == 8).all() and (paired["n_users"] == 4).all()
+    user_diffs = np.repeat(list(diffs.values()), 2)
+    assert top1.loc["R@100", "mdd"] == pytest.approx(min_detectable_difference(user_diffs, np.repeat(list(diffs), 2)))
+    assert paired["p_holm"].to_numpy() == pytest.approx(holm(paired["p_permutation"].to_numpy()))
+    assert (paired["p_holm"] >= paired["p_permutation"]).all() and paired["p_holm"].max() <= 1.0
+
+
+def test_paired_vs_full_default_test_clusters_by_user(tmp_path):
+    summary, panels = _paired_batch(tmp_path, {"u1": 0.10, "u2": 0.02, "u3": 0.06})
+    paired = ab.paired_vs_full(panels, summary, tmp_path, ["R@100"], n_samples=200, seed=1).set_index("ablation")
+    assert paired.loc["topk_1", "diff"] == pytest.approx(0.06)
+    assert paired.loc["no_global_memory", "diff"] == pytest.approx(-0.03)
+    assert paired.loc["topk_1", "n_users"] == 3 and paired.loc["topk_1", "mdd"] > 0
+    # Whole users are flipped: of the 2**3 sign patterns of 3 users, at least 2 (none / all flipped) reach |diff|.
+    assert paired.loc["topk_1", "p_permutation"] >= 0.2
+    assert set(paired.columns) >= {"n_users", "mdd", "p_holm", "p_bootstrap"}

@@ -105,7 +105,7 @@ def test_panels_from_a_summarised_batch(tmp_path):
     assert comp.missing == ["w/o local memory: run failed (StageFailed: stage 03)"]
     assert ab.describe(None).startswith("(unknown") and ab.first_rerun_stage(base, None) is None
 
-    def mean_diff(a, b, n_samples, seed):
+    def mean_diff(a, b, clusters, n_samples, seed):
         d = float(np.mean(a - b))
         return {"diff": d, "lo": d, "hi": d, "p_bootstrap": 1.0, "p_permutation": 1.0}
 

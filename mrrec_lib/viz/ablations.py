@@ -317,17 +317,31 @@ def _per_query(outputs: Path, run: str, system: str) -> pd.DataFrame | None:
 
 
 def paired_vs_full(
-    panels: dict[str, Panel], summary: pd.DataFrame, outputs: Path, metrics: list[str],
-    n_samples: int = 2000, seed: int = 0, test: Callable | None = None,
+    panels: dict[str, Panel],
+    summary: pd.DataFrame,
+    outputs: Path,
+    metrics: list[str],
+    n_samples: int = 2000,
+    seed: int = 0,
+    test: Callable | None = None,
 ) -> pd.DataFrame:
-    """Each measured panel row minus the full model, paired by query (`eval.stats.paired_test`).
+    """Each measured panel row minus the full model, paired by query, with users as the resampled unit.
 
+    A user's requests share that user's history, memory and tastes, so they are not independent: the test
+    (`eval.stats.paired_cluster_test`) resamples and sign-flips whole users, the full model's `user_id` of each
+    paired request. Every row is one more comparison against the full model, so `p_holm` is the permutation
+    p-value Holm-adjusted across all rows (as stage 05 adjusts its Table 1 tests), and `mdd` is the difference
+    the test detects with 80% power: a non-significant Δ smaller than that says little either way.
     Only runs built from the same data as the base (equal stage-01 hash: same test queries) are paired; a seed
-    run has another split, so its row says so instead. `test(a, b, n_samples, seed) -> {diff, lo, hi, p_*}`.
+    run has another split, so its row says so instead.
+    `test(a, b, clusters, n_samples, seed) -> {diff, lo, hi, p_bootstrap, p_permutation}`.
     """
+    from mrrec_lib.eval.stats import holm, min_detectable_difference
+
     if test is None:
-        from mrrec_lib.eval.stats import paired_test as test
-    cols = ["label", "ablation", "system", "metric", "n", "diff", "lo", "hi", "p_bootstrap", "p_permutation", "note"]
+        from mrrec_lib.eval.stats import paired_cluster_test as test
+    cols = ["label", "ablation", "system", "metric", "n", "n_users", "diff", "lo", "hi", "p_bootstrap",
+            "p_permutation", "p_holm", "mdd", "note"]  # fmt: skip
     base_run = _run_of(summary, BASE)
     full = _per_query(outputs, base_run, PRIMARY) if base_run else None
     if full is None:
@@ -352,10 +366,16 @@ def paired_vs_full(
                 rows.append({**base, "note": "other data/split than the base: not paired"})
                 continue
             common = full.index.intersection(other.index)
+            users = full.loc[common, "user_id"].astype(str).to_numpy()
             for i, m in enumerate(metrics):
-                t = test(other.loc[common, m].to_numpy(float), full.loc[common, m].to_numpy(float), n_samples, seed + i)
-                rows.append({**base, "metric": m, "n": len(common), **{k: t[k] for k in cols[5:10]}, "note": ""})
-    return pd.DataFrame(rows, columns=cols)
+                a, b = other.loc[common, m].to_numpy(float), full.loc[common, m].to_numpy(float)
+                t = test(a, b, users, n_samples, seed + i)
+                rows.append({**base, "metric": m, "n": len(common), "n_users": len(set(users)),
+                             **{k: t[k] for k in ("diff", "lo", "hi", "p_bootstrap", "p_permutation")},
+                             "mdd": min_detectable_difference(a - b, users), "note": ""})  # fmt: skip
+    out = pd.DataFrame(rows, columns=cols)
+    out["p_holm"] = holm(out["p_permutation"].to_numpy(float)) if len(out) else []
+    return out
 
 
 def format_table(panel: Panel, metrics: list[str], digits: int = 3) -> pd.DataFrame:

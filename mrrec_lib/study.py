@@ -1,0 +1,270 @@
+"""`mrrec ablate`: the paper's ablation study, accumulated across sessions under a wall-time budget.
+
+The whole batch needs ~19 h of 2-core CPU, a session lasts ~3 h and outputs/ may not survive between
+sessions, so what lasts is each finished run's committed record (results/<run>/, `mrrec record`). Every
+invocation therefore
+1. skips each ablation whose record is current: its stage-01 and stage-05 config hashes equal what the params
+   give now and `check_record` finds nothing stale;
+2. queues the rest in a fixed priority order (`PRIORITY`: the paper's headline comparisons first, the most
+   expensive last), so whatever a session manages is the most useful part;
+3. starts a queued run only if its estimated cost (`study_cost`) fits what is left of the budget, stopping at
+   the first that does not (later runs count on the earlier ones' shared stages), and records each run as soon
+   as it finishes, so a killed session keeps what finished; a failure goes to results/<run>/failed.json and the
+   study goes on, and a later invocation retries it only when its hashes changed (or with `retry_failed`);
+4. prints what is recorded and what is left, and writes the same to results/study.json.
+Donor seeding (`ablate.seed_from_donor`) still shares identical upstream stages, and with every record
+current an invocation does no work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mrrec_lib import ablate, runner, stages
+from mrrec_lib.config import Config, load_config
+from mrrec_lib.results import check_record, record_run
+from mrrec_lib.results.layout import STAGES_FILE
+from mrrec_lib.results.provenance import now_iso
+from mrrec_lib.results.record import display_path
+from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, read_json, resolve, write_json
+from mrrec_lib.study_cost import (
+    STAGE_ORDER,
+    CostModel,
+    StageSeconds,
+    estimated_seconds,
+    finished_stages,
+    job_for,
+    plan,
+)
+
+# Delta file stems in the order they are run: the components of the paper's Fig. 3 and Table 1's Rec-R1 row,
+# the local-memory levels (Table 2), top-k (Fig. 6), the retriever (Fig. 5), the seed replicas, the policy start,
+# and the LLM memory builder (hours of generation) last. Unknown deltas follow, by name.
+PRIORITY = (
+    "no_global_memory",
+    "no_local_memory",
+    "recr1",
+    "local_records_only",
+    "local_patterns_only",
+    "local_profile_only",
+    "topk_1",
+    "topk_2",
+    "topk_4",
+    "topk_5",
+    "retriever_bm25",
+    "seed_1",
+    "seed_2",
+    "grpo_from_base",
+    "memory_builder_llm",
+)
+KEY_STAGES = ("01", "05")  # data identity and (hashes being cumulative) everything a run's numbers depend on
+FAILED_FILE = "failed.json"
+STUDY_FILE = "study.json"
+RECORDED, RAN, FAILED, LEFT = "recorded", "ran now", "failed", "left"
+
+
+@dataclass
+class Ablation:
+    """One run of the study, and what is known about it."""
+
+    name: str  # "base" or the delta file's stem
+    files: tuple[Path, ...]  # base params, then the delta
+    cfg: Config
+    status: str = LEFT
+    note: str = ""
+    stages_left: tuple[str, ...] = ()
+    minutes_left: float = 0.0
+    shared: dict = field(default_factory=dict)  # donor seeding of a run made now: shared_from, shared_stages
+
+    @property
+    def run(self) -> str:
+        return self.cfg.run_name
+
+    @property
+    def delta(self) -> Path | None:
+        return self.files[1] if len(self.files) > 1 else None
+
+    def hashes(self) -> dict[str, str]:
+        return {s: stages.stage_hash(self.cfg, s) for s in KEY_STAGES}
+
+
+def priority(delta: Path) -> tuple[int, str]:
+    return (PRIORITY.index(delta.stem) if delta.stem in PRIORITY else len(PRIORITY), delta.stem)
+
+
+def collect(base: Path, deltas: list[Path]) -> list[Ablation]:
+    """The base run, then each delta (once) in priority order, with its merged config."""
+    out = [Ablation("base", (base,), ablate.run_config(base, None))]
+    for d in sorted(dict.fromkeys(deltas), key=priority):
+        out.append(Ablation(d.stem, (base, d), ablate.run_config(base, d)))
+    return out
+
+
+def record_state(ab: Ablation, results: Path, retry_failed: bool) -> tuple[str, str]:
+    """RECORDED when results/<run>/ is current for these params, FAILED when it failed with them before, else LEFT."""
+    folder, want = results / ab.run, ab.hashes()
+    note = ""
+    if (folder / STAGES_FILE).exists():
+        recorded = read_json(folder / STAGES_FILE)
+        if {s: recorded.get(s, {}).get("hash") for s in KEY_STAGES} != want:
+            note = "recorded with other params (stage hashes differ): rerun"
+        elif problems := check_record(folder):
+            note = f"record stale ({problems[0]}): rerun"
+        else:
+            return RECORDED, ""
+    if (folder / FAILED_FILE).exists():
+        failed = read_json(folder / FAILED_FILE)
+        if failed.get("hashes") == want and not retry_failed:
+            return FAILED, f"failed in stage {failed['stage']}: {failed['error']} (--retry-failed reruns it)"
+        note = note or "failed before: retried"
+    return LEFT, note
+
+
+def estimate_left(todo: list[Ablation], model: CostModel) -> None:
+    """Set each ablation's stages and minutes still to run, in order, from what outputs/ holds now."""
+    model.refresh()
+    jobs = [job_for(ab.files, ab.cfg) for ab in todo]
+    for ab, cost in zip(todo, plan(jobs, finished_stages(model.outputs), model), strict=True):
+        ab.stages_left, ab.minutes_left = cost.stages, cost.seconds / 60
+
+
+def failed_stage(ab: Ablation, outputs: Path) -> str:
+    """The first stage without a current record in the run folder: where the run stopped."""
+    records = stages.read_records(RunPaths(outputs / ab.run))
+    return next((s for s in STAGE_ORDER if records.get(s, {}).get("hash") != stages.stage_hash(ab.cfg, s)), "05")
+
+
+def write_failed(ab: Ablation, results: Path, stage: str, error: str, tb: str) -> None:
+    write_json(
+        results / ab.run / FAILED_FILE,
+        {
+            "ablation": ab.name,
+            "run": ab.run,
+            "stage": stage,
+            "stage_name": STAGES.get(stage, stage),
+            "error": error,
+            "traceback": tb,
+            "failed_at": now_iso(),
+            "hashes": ab.hashes(),
+            "params": [display_path(f) for f in ab.files],
+        },
+    )
+    ab.status, ab.note = FAILED, f"failed in stage {stage}: {error}"
+
+
+def execute(ab: Ablation, outputs: Path, results: Path, command: str | None) -> None:
+    """Run one ablation (donor-seeded) and record it at once; a failure is written down, never raised."""
+    # Not 06 (it summarises the study itself) nor 07 (interactive).
+    only = ",".join(s for s in runner.available_stages() if s in STAGE_ORDER)
+    r = ablate.run_one(ab.files[0], ab.delta, only, outputs)
+    if r["status"] != "ok":
+        write_failed(ab, results, failed_stage(ab, outputs), r["error"], r["traceback"])
+        return
+    ab.shared = {"shared_from": r["shared_from"], "shared_stages": r["shared_stages"]}
+    try:
+        record_run(outputs / ab.run, results, command=command)
+    except Exception as e:  # e.g. a stale or unrecomputable record: the study goes on
+        write_failed(ab, results, "record", f"{type(e).__name__}: {e}", "")
+        return
+    ab.status, ab.stages_left, ab.minutes_left = RAN, (), 0.0
+    if r["shared_stages"]:
+        ab.note = f"reused {','.join(r['shared_stages'])} from {r['shared_from']}"
+
+
+def format_table(abls: list[Ablation]) -> str:
+    lines = [f"{'ablation':<22}{'run':<26}{'status':<10}{'min left':>9}  stages left / note"]
+    for ab in abls:
+        detail = " ".join(x for x in (",".join(ab.stages_left), ab.note) if x)
+        lines.append(f"{ab.name:<22}{ab.run:<26}{ab.status:<10}{ab.minutes_left:>9.0f}  {detail}")
+    lines.append(f"{'total left':<58}{sum(ab.minutes_left for ab in abls):>9.0f}")
+    return "\n".join(lines)
+
+
+def study_json(abls: list[Ablation], base: Path, budget_min: float | None, dry_run: bool) -> dict:
+    rows = [
+        {
+            "ablation": ab.name,
+            "run": ab.run,
+            "params": [display_path(f) for f in ab.files],
+            "status": ab.status,
+            "minutes_left": round(ab.minutes_left, 1),
+            "stages_left": list(ab.stages_left),
+            "hashes": ab.hashes(),
+            "note": ab.note,
+        }
+        for ab in abls
+    ]
+    total = round(sum(ab.minutes_left for ab in abls), 1)
+    return {
+        "written_at": now_iso(),
+        "base": display_path(base),
+        "budget_min": budget_min,
+        "dry_run": dry_run,
+        "minutes_left": total,
+        "ablations": rows,
+    }
+
+
+def summarise(abls: list[Ablation], results: Path, summary: Path) -> None:
+    """The ablation summary notebook 06 reads, from the records (outputs/ may be gone); unrun ablations left out."""
+    rows = []
+    for ab in abls:
+        if ab.status in (RECORDED, RAN):
+            rows.append({"ablation": ab.name, "run": ab.run, "status": "ok", **ab.shared})
+        elif ab.status == FAILED:
+            rows.append({"ablation": ab.name, "run": None, "status": "failed", "error": ab.note})
+    ablate.summarise(rows, results, summary)
+
+
+def run_queue(
+    queue: list[Ablation], outputs: Path, results: Path, model: CostModel, deadline: float, command: str | None
+) -> None:
+    """Run the queue in order while the next run's estimate fits before `deadline` (a `time.monotonic()` value)."""
+    for i, ab in enumerate(queue):
+        estimate_left(queue[i:], model)  # re-planned each time: an earlier run may have failed
+        left_min = (deadline - time.monotonic()) / 60
+        need = f"{ab.name} needs ~{ab.minutes_left:.0f} min"
+        if ab.minutes_left > left_min:
+            print(
+                f"[study] {'nothing started' if i == 0 else 'stopping'}: {need}, {left_min:.0f} min of the budget left"
+            )
+            return
+        print(f"[study] {ab.name} -> {ab.run}: {need} ({','.join(ab.stages_left) or 'record only'})")
+        execute(ab, outputs, results, command)
+        print(f"[study] {ab.name}: {ab.status}" + (f" ({ab.note})" if ab.note else ""))
+
+
+def run_study(
+    base: str | Path,
+    deltas: list[str | Path],
+    budget_min: float | None = None,
+    results_dir: str | Path = "results",
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    command: str | None = None,
+    stage_seconds: StageSeconds | None = None,
+) -> list[Ablation]:
+    """Run what is missing of the study within `budget_min` minutes (None: no limit); return every ablation's state.
+
+    `stage_seconds(params files) -> {stage: seconds}` prices a run (default: `mrrec estimate`'s figures).
+    """
+    start = time.monotonic()
+    base = Path(base)
+    base_cfg = load_config(base)
+    outputs, results = resolve(base_cfg.outputs_dir), resolve(results_dir)
+    abls = collect(base, [Path(d) for d in deltas])
+    for ab in abls:
+        ab.status, ab.note = record_state(ab, results, retry_failed)
+    model = CostModel(stage_seconds or estimated_seconds, (base,), abls[0].run, outputs, results)
+    if not dry_run:
+        budget_s = math.inf if budget_min is None else budget_min * 60
+        run_queue([ab for ab in abls if ab.status == LEFT], outputs, results, model, start + budget_s, command)
+    estimate_left([ab for ab in abls if ab.status in (LEFT, FAILED)], model)
+    print(format_table(abls))
+    write_json(results / STUDY_FILE, study_json(abls, base, budget_min, dry_run))
+    if not dry_run:
+        summarise(abls, results, ablation_summary_file(base_cfg))
+    return abls

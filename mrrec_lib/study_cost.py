@@ -1,0 +1,173 @@
+"""What a run of the ablation study will cost before it starts: the stages it will actually run, and their time.
+
+`mrrec ablate --budget-min` starts a run only if it fits the session, so a run's cost must count only the
+stages it will execute given what already exists. That mirrors the runner: a run folder with stage records
+skips its leading current stages (`runner.run`); an empty one is first seeded with the longest matching
+stage prefix of any other run (`ablate.seed_from_donor`). Runs queued earlier in the same study count as
+finished, because they will be by the time a later one starts, and a run whose stage 05 trains the Rec-R1
+companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04.
+
+Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
+rough, so once the base run has measured a stage, that measurement sets the scale (`calibrate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrrec_lib import runner, stages
+from mrrec_lib.ablate import STAGE_ARTEFACTS
+from mrrec_lib.config import Config, load_config
+from mrrec_lib.estimate import estimate
+from mrrec_lib.runs import read_json, resolve
+
+STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
+COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companion` runs
+
+StageSeconds = Callable[[tuple[Path, ...]], dict[str, float]]
+Hashes = dict[str, str]
+
+
+def estimated_seconds(files: tuple[Path, ...]) -> dict[str, float]:
+    """`mrrec estimate`'s seconds per stage ("01".."05") for the merged params `files`."""
+    return {row["stage"][:2]: float(row["seconds"]) for row in estimate(list(files))["rows"]}
+
+
+def calibrate(est: float, est_base: float, measured: float | None) -> float:
+    """One stage's seconds for an ablation, from its estimate, the base run's estimate and the base's measurement.
+
+    The measurement prices the work the ablation shares with the base; the estimates' difference prices the rest.
+    Less work than the base (e.g. two evaluated systems instead of ten) scales the measured time down by the
+    estimates' ratio; more (e.g. an LLM memory builder) adds the extra at benchmark speed to the measured time.
+    Without a measurement, or when the base's estimate is zero (a stage it disables), the raw estimate is used.
+    """
+    if measured is None or est_base <= 0:
+        return est
+    return measured * min(1.0, est / est_base) + max(0.0, est - est_base)
+
+
+def measured_seconds(run: str, outputs: Path, results: Path) -> dict[str, float]:
+    """Stage wall times the run recorded: from its committed record, else from its run folder."""
+    out: dict[str, float] = {}
+    for folder in (outputs / run, results / run):  # the record, a complete run, wins
+        f = folder / "stages.json"
+        if f.exists():
+            out |= {s: float(r["seconds"]) for s, r in read_json(f).items() if r.get("seconds") is not None}
+    return out
+
+
+def stage_hashes(cfg: Config, which: tuple[str, ...] = STAGE_ORDER) -> Hashes:
+    return {s: stages.stage_hash(cfg, s) for s in which}
+
+
+def finished_stages(outputs: Path) -> dict[str, Hashes]:
+    """Per run folder under outputs/, the config hash of each finished stage."""
+    if not outputs.exists():
+        return {}
+    return {
+        f.name: {s: r["hash"] for s, r in read_json(f / "stages.json").items()}
+        for f in sorted(outputs.iterdir())
+        if (f / "stages.json").exists()
+    }
+
+
+def _prefix(want: Hashes, have: Hashes) -> int:
+    n = 0
+    for s in want:
+        if have.get(s) != want[s]:
+            break
+        n += 1
+    return n
+
+
+def reused_stages(run: str, want: Hashes, known: dict[str, Hashes]) -> tuple[str, ...]:
+    """The leading stages the run will not execute: current in its own folder, else seeded from the best donor."""
+    own = known.get(run)
+    n = _prefix(want, own) if own else max((_prefix(want, h) for r, h in known.items() if r != run), default=0)
+    return tuple(want)[:n]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What costing needs about one run: its folder name, its params files and its stage hashes."""
+
+    run: str
+    files: tuple[Path, ...]
+    hashes: Hashes
+    companion: Job | None = None  # the Rec-R1 run its stage 05 trains first
+
+
+def job_for(files: tuple[Path, ...], cfg: Config) -> Job:
+    """The run's Job, with the Rec-R1 companion `runner.run` would train before its stage 05 (if any)."""
+    companion = None
+    delta = resolve(cfg.eval_recr1_params) if cfg.eval_recr1_params else None
+    if runner._needs_recr1_companion(cfg) and delta is not None and delta.exists():
+        c_files = (*files, delta)
+        c_cfg = load_config(*c_files, overrides={"run_name": cfg.eval_recr1_run})
+        companion = Job(c_cfg.run_name, c_files, stage_hashes(c_cfg, COMPANION_STAGES))
+    return Job(cfg.run_name, files, stage_hashes(cfg), companion)
+
+
+@dataclass
+class CostModel:
+    """Calibrated per-stage seconds of any params combination; raw estimates cached (they read the data sizes).
+
+    The base run's measured stage times are re-read by `refresh`, so a base run finished earlier in the same
+    session calibrates the estimates of the runs after it.
+    """
+
+    seconds: StageSeconds
+    base_files: tuple[Path, ...]
+    base_run: str
+    outputs: Path
+    results: Path
+
+    def __post_init__(self) -> None:
+        self._cache: dict[tuple[Path, ...], dict[str, float]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.measured = measured_seconds(self.base_run, self.outputs, self.results)
+
+    def _raw(self, files: tuple[Path, ...]) -> dict[str, float]:
+        if files not in self._cache:
+            self._cache[files] = self.seconds(files)
+        return self._cache[files]
+
+    def stage_seconds(self, files: tuple[Path, ...]) -> dict[str, float]:
+        est, base = self._raw(files), self._raw(self.base_files)
+        return {s: calibrate(est.get(s, 0.0), base.get(s, 0.0), self.measured.get(s)) for s in STAGE_ORDER}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The stages a run will execute (companion stages as "<run>:<stage>") and their estimated seconds."""
+
+    stages: tuple[str, ...]
+    seconds: float
+
+
+def plan(jobs: list[Job], known: dict[str, Hashes], model: CostModel) -> list[Cost]:
+    """Each job's cost, in order, as if every earlier job in the list finished before it starts."""
+    known = {run: dict(h) for run, h in known.items()}
+    out = []
+    for job in jobs:
+        todo = [s for s in job.hashes if s not in reused_stages(job.run, job.hashes, known)]
+        per_stage = model.stage_seconds(job.files)
+        seconds = sum(per_stage[s] for s in todo)
+        labels = list(todo)
+        if job.companion and "05" in todo:
+            # The companion is seeded when stage 05 starts, i.e. with this run's stages 01-04 finished.
+            known[job.run] = {s: job.hashes[s] for s in COMPANION_STAGES}
+            c = job.companion
+            c_todo = [s for s in c.hashes if s not in reused_stages(c.run, c.hashes, known)]
+            c_seconds = model.stage_seconds(c.files)
+            seconds += sum(c_seconds[s] for s in c_todo)
+            labels += [f"{c.run}:{s}" for s in c_todo]
+            if c_todo:
+                known[c.run] = dict(c.hashes)
+        known[job.run] = dict(job.hashes)
+        out.append(Cost(tuple(labels), seconds))
+    return out

@@ -1,0 +1,213 @@
+"""`mrrec ablate` as a study accumulated across sessions: records, priority, budget, failures, dry runs, costs.
+
+Notebooks and records are faked as in tests/test_ablate_batch.py (no model runs); every fake stage "takes"
+MINUTES_PER_STAGE on the study's clock (and records that time), the same as the flat estimate, so the budget
+arithmetic below is exact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_ablate_batch import (
+    FAIL_SEED,
+    MINUTES_PER_STAGE,
+    RECR1,
+    ROOT,
+    STALE_MARK,
+    base_params,
+    by_run,
+    flat_seconds,
+    install_fake_records,
+    install_fake_stages,
+    write,
+)
+
+from mrrec_lib import cli, runner, stages, study, study_cost
+from mrrec_lib.config import load_config
+from mrrec_lib.runs import read_json, write_json
+
+DELTAS = ROOT / "params" / "ablations"
+M = MINUTES_PER_STAGE
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The fake stages, each advancing the study's wall clock by the seconds it reports."""
+    recorded = install_fake_stages(monkeypatch)
+    install_fake_records(monkeypatch, recorded)
+    now = [0.0]
+    fake = runner.execute_stage
+
+    def timed(stage, cfg, paths, log_output=False):
+        seconds = fake(stage, cfg, paths, log_output)
+        now[0] += seconds
+        return seconds
+
+    monkeypatch.setattr(runner, "execute_stage", timed)
+    monkeypatch.setattr(study, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return recorded
+
+
+def _delta(tmp_path: Path, name: str, text: str) -> Path:
+    return write(tmp_path / "deltas" / f"{name}.yaml", text)
+
+
+def _topk(tmp_path: Path, k: int) -> Path:
+    return _delta(tmp_path, f"topk_{k}", f"memory_top_k: {k}\neval_systems: [mrrec_sft, mrrec]\n")
+
+
+def _study(tmp_path: Path, deltas: list[Path], **kw) -> list[study.Ablation]:
+    base = kw.pop("base", None) or base_params(tmp_path, companion=False)
+    return study.run_study(base, deltas, results_dir=tmp_path / "results", stage_seconds=flat_seconds, **kw)
+
+
+def _status(abls: list[study.Ablation]) -> dict[str, str]:
+    return {a.name: a.status for a in abls}
+
+
+def test_priority_order_known_deltas_then_unknown_by_name(tmp_path):
+    shipped = sorted(DELTAS.glob("*.yaml"), reverse=True)
+    extra = [_delta(tmp_path, "zz_mine", "memory_top_k: 7\n"), _delta(tmp_path, "aa_mine", "memory_top_k: 6\n")]
+    abls = study.collect(base_params(tmp_path), [*extra, *shipped])
+    assert [a.name for a in abls] == ["base", *study.PRIORITY, "aa_mine", "zz_mine"]
+    assert study.PRIORITY[-1] == "memory_builder_llm" and sorted(study.PRIORITY) == sorted(p.stem for p in shipped)
+
+
+def test_runs_in_priority_order(tmp_path, calls):
+    deltas = [_topk(tmp_path, 2), _delta(tmp_path, "no_local_memory", "local_memory: false\n"), _topk(tmp_path, 1)]
+    _study(tmp_path, deltas)
+    first_stage = list(dict.fromkeys(run for run, _ in calls if run != "record"))
+    assert first_stage == ["base", "abl-no_local_memory", "abl-topk_1", "abl-topk_2"]
+
+
+def test_a_current_record_is_skipped_even_without_outputs(tmp_path, calls):
+    topk = _topk(tmp_path, 1)
+    _study(tmp_path, [topk])
+    shutil.rmtree(tmp_path / "outputs")  # a new session: outputs/ is gone, the records stay
+    calls.clear()
+    abls = _study(tmp_path, [topk])
+    assert calls == [] and _status(abls) == {"base": "recorded", "topk_1": "recorded"}
+    assert read_json(tmp_path / "results" / "study.json")["minutes_left"] == 0
+
+
+def test_a_stale_record_is_rerun(tmp_path, calls):
+    topk = _topk(tmp_path, 1)
+    _study(tmp_path, [topk])
+    shutil.rmtree(tmp_path / "outputs")
+    (tmp_path / "results" / "abl-topk_1" / STALE_MARK).write_text("")
+    calls.clear()
+    abls = _study(tmp_path, [topk])
+    assert by_run(calls) == {"abl-topk_1": ["01", "02", "03", "04", "05"]}  # no donor left in outputs/
+    assert ("record", "abl-topk_1") in calls and _status(abls) == {"base": "recorded", "topk_1": "ran now"}
+    assert not (tmp_path / "results" / "abl-topk_1" / STALE_MARK).exists()  # the new record replaced the old
+
+
+def test_a_record_of_other_params_is_rerun(tmp_path, calls):
+    topk = _topk(tmp_path, 1)
+    _study(tmp_path, [topk])
+    write(topk, "memory_top_k: 1\neval_systems: [mrrec]\n")  # same training, another stage-05 hash
+    calls.clear()
+    abls = _study(tmp_path, [topk])
+    assert by_run(calls) == {"abl-topk_1": ["05"]}  # its own folder's stages 01-04 are still current
+    topk_row = next(a for a in abls if a.name == "topk_1")
+    assert topk_row.status == "ran now"
+
+
+def test_budget_stops_before_a_run_that_does_not_fit(tmp_path, calls, capsys):
+    deltas = [_topk(tmp_path, k) for k in (1, 2, 4)]
+    # base: 5 stages, each delta 03-05: 3 stages. 5 + 3 stages fit in 8.5 stage-times; the next 3 do not.
+    abls = _study(tmp_path, deltas, budget_min=8.5 * M)
+    assert _status(abls) == {"base": "ran now", "topk_1": "ran now", "topk_2": "left", "topk_4": "left"}
+    assert set(by_run(calls)) == {"base", "abl-topk_1"}
+    assert "stopping: topk_2 needs ~30 min, 5 min of the budget left" in capsys.readouterr().out
+    left = {a.name: (a.stages_left, a.minutes_left) for a in abls}
+    assert left["topk_2"] == (("03", "04", "05"), pytest.approx(3 * M)) and left["base"] == ((), 0.0)
+    saved = read_json(tmp_path / "results" / "study.json")
+    assert saved["minutes_left"] == pytest.approx(6 * M) and saved["budget_min"] == 8.5 * M
+    assert [r["status"] for r in saved["ablations"]] == ["ran now", "ran now", "left", "left"]
+
+
+def test_nothing_starts_when_the_first_run_does_not_fit(tmp_path, calls, capsys):
+    abls = _study(tmp_path, [_topk(tmp_path, 1)], budget_min=4 * M)
+    assert calls == [] and _status(abls) == {"base": "left", "topk_1": "left"}
+    assert "nothing started: base needs ~50 min, 40 min of the budget left" in capsys.readouterr().out
+    assert read_json(tmp_path / "results" / "study.json")["minutes_left"] == pytest.approx(8 * M)
+
+
+def test_a_failure_is_recorded_and_the_study_goes_on(tmp_path, calls):
+    broken = _delta(tmp_path, "no_global_memory", f"seed: {FAIL_SEED}\n")  # runs early, fails in stage 02
+    topk = _topk(tmp_path, 1)
+    abls = _study(tmp_path, [broken, topk])
+    assert _status(abls) == {"base": "ran now", "no_global_memory": "failed", "topk_1": "ran now"}
+    failed = read_json(tmp_path / "results" / "abl-no_global_memory" / "failed.json")
+    cfg = load_config(tmp_path / "base.yaml", broken, overrides={"run_name": "abl-no_global_memory"})
+    assert failed["stage"] == "02" and "boom" in failed["error"] and failed["failed_at"]
+    assert failed["hashes"] == {s: stages.stage_hash(cfg, s) for s in ("01", "05")}
+
+    calls.clear()
+    assert _status(_study(tmp_path, [broken, topk]))["no_global_memory"] == "failed" and calls == []
+    _study(tmp_path, [broken, topk], retry_failed=True)
+    assert by_run(calls) == {"abl-no_global_memory": ["02!"]}  # retried (stage 01 still current)
+    calls.clear()
+    write(broken, f"seed: {FAIL_SEED}\nmemory_top_k: 2\n")  # other params: retried without being asked
+    _study(tmp_path, [broken, topk])
+    assert by_run(calls) == {"abl-no_global_memory": ["02!"]}
+
+
+def test_a_run_that_cannot_be_recorded_counts_as_failed(tmp_path, calls, monkeypatch):
+    install_fake_records(monkeypatch, calls, refuse="abl-topk_1")
+    abls = _study(tmp_path, [_topk(tmp_path, 1), _topk(tmp_path, 2)])
+    assert _status(abls) == {"base": "ran now", "topk_1": "failed", "topk_2": "ran now"}
+    failed = read_json(tmp_path / "results" / "abl-topk_1" / "failed.json")
+    assert failed["stage"] == "record" and "Table 1 recomputation differs" in failed["error"]
+
+
+def test_dry_run_runs_nothing_and_writes_the_plan(tmp_path, calls, capsys):
+    abls = _study(tmp_path, [_topk(tmp_path, 1), RECR1], base=base_params(tmp_path), dry_run=True)
+    assert calls == [] and not (tmp_path / "outputs" / "ablations").exists()
+    assert all(a.status == "left" for a in abls)
+    left = {a.name: a.stages_left for a in abls}
+    # The base's stage 05 trains the Rec-R1 companion (03, 04 on the base's data); recr1 then only evaluates.
+    assert left == {"base": ("01", "02", "03", "04", "05", "abl-recr1:03", "abl-recr1:04"), "recr1": ("05",),
+                    "topk_1": ("03", "04", "05")}  # fmt: skip
+    saved = read_json(tmp_path / "results" / "study.json")
+    assert saved["dry_run"] is True and saved["minutes_left"] == pytest.approx((7 + 1 + 3) * M)
+    assert [r["ablation"] for r in saved["ablations"]] == ["base", "recr1", "topk_1"]
+    out = capsys.readouterr().out
+    assert "total left" in out and "recr1" in out
+
+
+def test_cli_ablate_dry_run(tmp_path, calls, monkeypatch, capsys):
+    monkeypatch.setattr(study, "estimated_seconds", flat_seconds)
+    base = base_params(tmp_path, companion=False)
+    args = ["ablate", str(base), str(_topk(tmp_path, 1)), "--dry-run", "--budget-min", "60"]
+    assert cli.main([*args, "--results-dir", str(tmp_path / "results")]) == 0
+    assert calls == [] and "total left" in capsys.readouterr().out
+    assert read_json(tmp_path / "results" / "study.json")["budget_min"] == 60
+
+
+def test_calibration_prices_shared_work_by_the_measurement_and_extra_work_by_the_benchmarks():
+    assert study_cost.calibrate(100.0, 100.0, None) == 100.0  # nothing measured: the raw estimate
+    assert study_cost.calibrate(100.0, 100.0, 30.0) == 30.0  # same work as the base: its measured time
+    assert study_cost.calibrate(25.0, 100.0, 30.0) == pytest.approx(7.5)  # a quarter of the work
+    assert study_cost.calibrate(500.0, 100.0, 30.0) == pytest.approx(430.0)  # the base's part + 400 s extra
+    assert study_cost.calibrate(50.0, 0.0, 30.0) == 50.0  # a stage the base does not do
+
+
+def test_measured_base_times_calibrate_the_plan(tmp_path, calls):
+    deltas = [_topk(tmp_path, 1)]
+    _study(tmp_path, deltas)  # the fake stages record M minutes each
+    for folder in ("results", "outputs"):  # topk_1 is then seeded from the base run again
+        shutil.rmtree(tmp_path / folder / "abl-topk_1")
+    stages_file = tmp_path / "outputs" / "base" / "stages.json"
+    records = read_json(stages_file)
+    records["04"]["seconds"] = 3 * M * 60  # the base's GRPO took three times the estimate
+    write_json(stages_file, records)
+    shutil.rmtree(tmp_path / "results" / "base")  # the run folder is then the measurement's source
+    abls = _study(tmp_path, deltas, dry_run=True)
+    topk = next(a for a in abls if a.name == "topk_1")
+    assert topk.stages_left == ("03", "04", "05") and topk.minutes_left == pytest.approx(5 * M)
