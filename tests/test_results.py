@@ -261,3 +261,30 @@ def test_cli_record_readme_check_and_run_record(run, tmp_path, monkeypatch, caps
 def test_committed_default_record_recomputes_its_table():
     record = ROOT_RESULTS / "default"
     _assert_matches_metrics(recompute_table(record), read_json(record / "metrics" / "05_eval.json"))
+
+
+def test_benchmark_summary_rendered_from_stage01_metrics(run, tmp_path):
+    from mrrec_lib.results.readme import BENCH_END, BENCH_START, benchmark_markdown
+
+    results = tmp_path / "results"
+    dest = record_run(run.root, results)
+    data = {
+        "counts": {"queries": 1312, "users": 344, "categories": 24, "interactions": 3723},
+        "per_source": {"multicat": {"queries": 1234, "users": 266}, "shop": {"queries": 78, "users": 78}},
+        "query_builder": "shared",
+        "queries_per_split": {"train": 410, "val": 101, "test": 801},
+        "users_per_split": {"train": 126, "val": 25, "test": 193},
+        "pool_size": 153558,
+        "pool": {"enabled": True, "added": 146484, "duplicate_of_pool": 39, "duplicate_within": 3758,
+                 "covered_categories": ["Grocery", "Toys"]},
+        "title_overlap_rate": 0.7845, "title_overlap_rate_raw": 0.8194, "title_overlap_rate_extractive": 0.4465,
+        "repurchases_dropped": {"total": 6}, "leakage_violations": 0,
+    }  # fmt: skip
+    write_json(dest / "metrics" / "01_data.json", data)
+    block = benchmark_markdown(dest)
+    assert "1,312 requests from 344 users in 24 categories" in block and "test 801 (193 users)" in block
+    assert "146,484 real distractors" in block and "covering 2 categories" in block and "78.5%" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BENCH_START}\nold\n{BENCH_END}\n\n{START}\nold\n{END}\n")
+    render_readme(readme, results, "r")
+    assert block in readme.read_text() and "\nold\n" not in readme.read_text()

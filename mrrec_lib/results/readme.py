@@ -1,4 +1,4 @@
-"""README's Table 1, rendered from a committed record between two markers.
+"""README's benchmark summary and Table 1, rendered from a committed record between markers.
 
 The table is recomputed from the record's per-request rows (`recompute_table`), never copied
 from a JSON or typed by hand, and carries its provenance: which record, commit and command, how
@@ -21,10 +21,13 @@ from mrrec_lib.eval.tables import NOT_RUN, fmt, fmt_ci, to_markdown
 from mrrec_lib.results.layout import read_config, read_per_query, read_record, record_dir
 from mrrec_lib.results.recompute import recompute_table
 from mrrec_lib.results.stale import check_record
-from mrrec_lib.runs import atomic_write_text, project_root
+from mrrec_lib.runs import atomic_write_text, project_root, read_json
 
 START = "<!-- results:table1:start -->"
 END = "<!-- results:table1:end -->"
+BENCH_START = "<!-- results:benchmark:start -->"
+BENCH_END = "<!-- results:benchmark:end -->"
+DATA_METRICS = "metrics/01_data.json"
 
 
 def display_table(table: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
@@ -81,18 +84,56 @@ def table1_markdown(record: Path, link_base: Path) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", problems
 
 
+def benchmark_markdown(record: Path) -> str:
+    """What the benchmark holds (requests, users, categories, pool, splits, title overlap, leakage), from the
+    record's stage-01 metrics: the numbers a reader needs before trusting Table 1."""
+    path = record / DATA_METRICS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the record has no stage-01 metrics (stage 01_data_prep)")
+    d = read_json(path)
+    c, pool = d["counts"], d.get("pool") or {}
+    splits = ", ".join(
+        f"{s} {d['queries_per_split'][s]:,} ({d['users_per_split'][s]} users)" for s in d["queries_per_split"]
+    )
+    sources = ", ".join(f"{src} {v['queries']:,} ({v['users']} users)" for src, v in d["per_source"].items())
+    lines = [
+        f"- {c['queries']:,} requests from {c['users']} users in {c['categories']} categories ({sources}); "
+        f"builder `{d.get('query_builder', '?')}`; {c['interactions']:,} history interactions.",
+        f"- Splits by user: {splits}.",
+        f"- Pool: {d['pool_size']:,} items"
+        + (
+            f", of which {pool['added']:,} real distractors ({pool['duplicate_of_pool']} dropped as duplicates of pool "
+            f"items, {pool['duplicate_within']:,} within the catalogs), covering {len(pool['covered_categories'])} categories."
+            if pool.get("enabled")
+            else " (no distractors)."
+        ),
+        f"- Requests sharing a content word with the target's title: {d['title_overlap_rate']:.1%} "
+        f"(the C4-style request before simplification: {d['title_overlap_rate_raw']:.1%}; the extractive builder on "
+        f"the same targets: {d['title_overlap_rate_extractive']:.1%}).",
+        f"- Repurchases dropped: {d['repurchases_dropped']['total']}; leakage violations: {d['leakage_violations']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(text: str, start_mark: str, end_mark: str, block: str, where: str) -> str:
+    start, end = text.find(start_mark), text.find(end_mark)
+    if start < 0 or end < start or text.count(start_mark) != 1 or text.count(end_mark) != 1:
+        raise ValueError(f"{where}: needs one `{start_mark}` line followed by one `{end_mark}` line")
+    return f"{text[: start + len(start_mark)]}\n{block}{text[end:]}"
+
+
 def render_readme(readme_path: str | Path, results_dir: str | Path, run: str) -> list[str]:
-    """Replace the text between START and END in `readme_path` with run `run`'s Table 1; return its stale problems."""
+    """Replace Table 1 (between START and END) and, when its markers exist, the benchmark summary (between
+    BENCH_START and BENCH_END) in `readme_path` with run `run`'s record; return the record's stale problems."""
     readme = Path(readme_path)
     text = readme.read_text()
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start or text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"{readme}: needs one `{START}` line followed by one `{END}` line where Table 1 goes")
     record = record_dir(results_dir, run)
     if not record.is_dir():
         raise FileNotFoundError(f"no record {record}: write it with `mrrec record outputs/{run}`")
     block, problems = table1_markdown(record, readme.parent)
-    new = f"{text[: start + len(START)]}\n{block}{text[end:]}"
+    new = _replace_block(text, START, END, block, f"{readme} (where Table 1 goes)")
+    if BENCH_START in new:
+        new = _replace_block(new, BENCH_START, BENCH_END, benchmark_markdown(record), f"{readme} (benchmark summary)")
     if new != text:
         atomic_write_text(readme, new)
     return problems
