@@ -29,9 +29,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     if args.run_name:
         overrides["run_name"] = args.run_name
-    paths = runner.run(
-        [args.params, *args.file], only=args.only, overrides=overrides, force=args.force, log_output=args.verbose
-    )
+    files = [args.params, *args.file]
+    if args.share:
+        from mrrec_lib.ablate import seed_from_donor
+        from mrrec_lib.runs import resolve
+
+        cfg, paths = runner.prepare_run(files, overrides)
+        donor, shared = seed_from_donor(cfg, paths, resolve(cfg.outputs_dir))
+        print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares a finished stage")
+    paths = runner.run(files, only=args.only, overrides=overrides, force=args.force, log_output=args.verbose)
     print(f"run folder: {paths.root}")
     if args.record:
         from mrrec_lib.results import record_run
@@ -125,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-name", help="output folder name (default: the config's run_name)")
     r.add_argument("--force", action="store_true", help="rerun stages even if their config hash is unchanged")
     r.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
+    r.add_argument(
+        "--share",
+        action="store_true",
+        help="first hard-link the finished stages of the run under outputs_dir that shares the longest prefix of "
+        "stage config hashes (as `mrrec ablate` does), so a delta run only computes what differs",
+    )
     r.add_argument("--record", action="store_true", help="after the run succeeds, record it (as `mrrec record`)")
     r.add_argument("--results-dir", default="results", help="where --record writes <run name>/ (default: results)")
     r.set_defaults(func=_cmd_run)

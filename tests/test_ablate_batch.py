@@ -143,3 +143,32 @@ def test_batch_shares_stages_survives_a_failure_and_reruns_nothing(tmp_path, rec
     again = study.run_study(base, [topk, RECR1, broken], results_dir=results, stage_seconds=flat_seconds)
     assert recorder == []  # every run is recorded (or failed with the same params): no work
     assert [a.status for a in again] == ["recorded", "recorded", "recorded", "failed"]
+
+
+def test_cli_run_share_links_the_matching_stages_of_another_run(tmp_path, monkeypatch, capsys):
+    """`mrrec run --share`: a delta run starts from another run's finished stages with equal hashes."""
+    from mrrec_lib import stages
+    from mrrec_lib.cli import main
+    from mrrec_lib.config import load_config
+
+    outputs = tmp_path / "outputs"
+    params = tmp_path / "p.yaml"
+    params.write_text(f"outputs_dir: {outputs}\nmax_users: 3\n")
+    cfg = load_config(params, overrides={"run_name": "donor"})
+    donor = RunPaths(outputs / "donor")
+    (donor.root / "data").mkdir(parents=True)
+    (donor.root / "data" / "items.parquet").write_bytes(b"x")
+    write_json(donor.root / "stages.json", {"01": {"hash": stages.stage_hash(cfg, "01"), "seconds": 1.0}})
+    calls = []
+    monkeypatch.setattr(runner, "run", lambda files, **kw: calls.append(kw) or RunPaths(outputs / "delta"))
+
+    assert main(["run", str(params), "--run-name", "delta", "--only", "05", "-p", "eval_max_queries=5", "--share"]) == 0
+    assert "shared from donor: stages 01" in capsys.readouterr().out
+    assert (outputs / "delta" / "data" / "items.parquet").stat().st_ino == (
+        donor.root / "data" / "items.parquet"
+    ).stat().st_ino
+    assert list(stages.read_records(RunPaths(outputs / "delta"))) == ["01"]
+    assert calls[0]["only"] == "05"
+
+    assert main(["run", str(params), "--run-name", "fresh", "--only", "05", "-p", "max_users=4"]) == 0
+    assert not (outputs / "fresh" / "data").exists()  # without --share nothing is linked
