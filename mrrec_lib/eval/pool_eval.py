@@ -12,12 +12,11 @@ import pandas as pd
 
 from mrrec_lib.eval.context import EvalContext
 from mrrec_lib.eval.evaluate import EvalResult
+from mrrec_lib.eval.pool_curve import pool_size_curve
 
 
 def result_pool_curve(result: EvalResult, ctx: EvalContext) -> pd.DataFrame:
     """Long frame system, fraction, pool_size, metric, mean, n (`pool_curve.pool_size_curve`) for every row."""
-    from mrrec_lib.eval.pool_curve import pool_size_curve
-
     cfg = result.cfg
     exclude = ctx.history if cfg.eval_exclude_history else None
     by_kind: dict[str, list[str]] = {}
