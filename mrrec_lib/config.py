@@ -138,7 +138,9 @@ class Config(BaseModel):
     max_new_tokens_per_turn: int = 256
     rollout_temperature: float = 1.0
     rollout_top_p: float = 1.0
-    rollout_batch_size: int = 8
+    rollout_batch_size: int = 8  # rollouts decoded together
+    rollout_engine: Literal["kv", "generate"] = "kv"  # kv: continuous batching, KV cache kept across turns; generate: one HF generate() per turn (reference)
+    rollout_chunk_size: int = 32  # rollouts handed to the engine (and logged, for resuming) at a time
     reward_format_weight: float = 0.1
     reward_retrieval_weight: float = 5.0
     reward_memory_weight: float = 0.1

@@ -15,7 +15,18 @@ from pathlib import Path
 from mrrec_lib.config import FIELDS, Config
 from mrrec_lib.runs import STAGES, RunPaths, read_json, write_json
 
-IGNORED_KEYS = frozenset({"run_name", "outputs_dir", "cache_dir", "num_threads", "device", "llm_request_timeout"})
+IGNORED_KEYS = frozenset(
+    {
+        "run_name",
+        "outputs_dir",
+        "cache_dir",
+        "num_threads",
+        "device",
+        "llm_request_timeout",
+        "rollout_engine",  # the same greedy answers either way (tests/test_engine.py); sampled ones differ only in draws
+        "rollout_chunk_size",
+    }
+)
 
 # Stages 06 and 07 read things outside the run's own config (the ablation summary,
 # a user's typed request), so they are never skipped.

@@ -119,6 +119,16 @@ class LocalPolicy:
     tokenizer: Any
     stop_strings: list[str] = field(default_factory=lambda: [TOOL_CLOSE])
     no_repeat_ngram: int = 0  # greedy decoding only: ban repeating a generated n-gram (0: off)
+    _engine: Any = field(default=None, repr=False)
+
+    def engine(self, max_rows: int) -> Any:
+        """The continuous-batching KV engine over this model (`mrrec_lib.agent.engine`)."""
+        from mrrec_lib.agent.engine import KVEngine
+
+        if self._engine is None:
+            self._engine = KVEngine(self.model, self.tokenizer, stop_token_ids(self.tokenizer), max_rows)
+        self._engine.max_rows = max(1, max_rows)
+        return self._engine
 
     @classmethod
     def from_config(cls, cfg: Any, name_or_path: str | None = None) -> LocalPolicy:

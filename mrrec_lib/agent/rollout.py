@@ -206,6 +206,61 @@ def _run_token_batch(policy: TokenPolicy, states: list[_State], cfg: Any, seed: 
             s.used += len(suffix)
 
 
+def _run_token_engine(policy: Any, states: list[_State], cfg: Any, seed: int) -> None:
+    """The same turns as `_run_token_batch`, decoded by the continuous-batching KV engine (`agent.engine`)."""
+    import torch
+
+    from mrrec_lib.agent.engine import Decoding, EngineRow
+
+    tok = policy.tokenizer
+    eot = end_of_turn_id(tok)
+    rows = []
+    for k, s in enumerate(states):
+        text = tok.apply_chat_template(s.messages, tools=s.prompt.tools, tokenize=False, add_generation_prompt=True)
+        s.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+        budget = _turn_budget(s, cfg)
+        if budget == 0:
+            s.done, s.finish = True, "length"
+            continue
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + k) if cfg.rollout_temperature > 0 else None
+        rows.append(EngineRow(key=s, context=list(s.prompt_ids), budget=budget, generator=gen))
+
+    def on_turn_end(row: EngineRow, kept: list[int], stop: str | None) -> list[int] | None:
+        s: _State = row.key
+        extra: list[int] = []
+        if stop == "tool_call" and s.used + len(kept) + 1 > cfg.max_new_tokens_total:
+            stop = None  # no room to close the turn: the call is cut off by the budget
+        elif stop == "tool_call":
+            extra = [eot]  # the template closes a tool-call turn with <|im_end|>; the model learns it too
+        s.ids += kept + extra
+        s.mask += [1] * (len(kept) + len(extra))
+        s.new_tokens += len(kept) + len(extra)
+        s.used += len(kept) + len(extra)
+        body = kept[:-1] if stop == "eos" else kept
+        result = _after_turn(s, tok.decode(body, skip_special_tokens=False), stop, cfg)
+        if result is None:
+            return None
+        tool_msg = {"role": "tool", "name": TOOL_NAME, "content": result}
+        suffix = tok(_tool_suffix_text(tok, s.messages, tool_msg, s.prompt.tools), add_special_tokens=False)[
+            "input_ids"
+        ]
+        if s.used + len(suffix) >= cfg.max_new_tokens_total:
+            s.done, s.finish = True, "length"
+            return None
+        s.messages.append(tool_msg)
+        s.ids += suffix
+        s.mask += [0] * len(suffix)
+        s.used += len(suffix)
+        row.budget = _turn_budget(s, cfg)
+        if row.budget == 0:
+            s.done, s.finish = True, "length"
+            return None
+        return extra + suffix
+
+    decoding = Decoding(cfg.rollout_temperature, cfg.rollout_top_p, getattr(policy, "no_repeat_ngram", 0))
+    policy.engine(cfg.rollout_batch_size).run(rows, decoding, on_turn_end)
+
+
 def _run_text_batch(llm: ChatLLM, states: list[_State], cfg: Any, seed: int) -> None:
     turn = 0
     while active := [s for s in states if not s.done]:
@@ -259,9 +314,11 @@ def run_rollouts(
     seed: int | None = None,
     progress: bool = True,
 ) -> list[Trajectory]:
-    """Roll out every prompt (with its own tool, None for tool-less prompts) in batches of `cfg.rollout_batch_size`.
+    """Roll out every prompt (with its own tool, None for tool-less prompts), `cfg.rollout_batch_size` at a time.
 
-    A `policy` with `generate_ids` runs at token level; anything else is treated as a `ChatLLM`.
+    A `policy` with `generate_ids` runs at token level: with `cfg.rollout_engine == "kv"` (and a policy that has
+    an `engine`) every prompt goes to the continuous-batching KV engine, else in turn-synchronous batches; anything
+    else is treated as a `ChatLLM`.
     Sampling is seeded per batch and turn from `seed` (default `cfg.seed`).
     """
     if len(tools) != len(prompts):
@@ -270,7 +327,8 @@ def run_rollouts(
     samples = list(samples) if samples is not None else [0] * len(prompts)
     seed = cfg.seed if seed is None else seed
     token_level = hasattr(policy, "generate_ids")
-    bs = max(1, cfg.rollout_batch_size)
+    engine = token_level and cfg.rollout_engine == "kv" and hasattr(policy, "engine")
+    bs = len(prompts) if engine else max(1, cfg.rollout_batch_size)
     trajs: list[Trajectory] = []
     bar = tqdm(total=len(prompts), desc="rollouts", disable=not progress)
     for start in range(0, len(prompts), bs):
@@ -285,7 +343,9 @@ def run_rollouts(
             )
         ]
         batch_seed = seed + 7919 * (start // bs)
-        if token_level:
+        if engine:
+            _run_token_engine(policy, states, cfg, batch_seed)
+        elif token_level:
             _run_token_batch(policy, states, cfg, batch_seed)
         else:
             _run_text_batch(policy, states, cfg, batch_seed)

@@ -108,7 +108,7 @@ def run_policy_on_queries(
 
     from mrrec_lib.memory import snapshot_key
 
-    bs = max(1, cfg.rollout_batch_size)
+    bs = max(1, cfg.rollout_chunk_size if cfg.rollout_engine == "kv" else cfg.rollout_batch_size)
     bar = tqdm(
         total=len(jobs),
         initial=sum(1 for r, k in jobs if (str(r["qid"]), k) in done),
