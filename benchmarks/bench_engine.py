@@ -2,14 +2,14 @@
 
 Loads a trained policy of a finished run (default: the SFT policy of `outputs/default-sft-subset`), takes the
 first `--queries` test requests of that run, and rolls the policy out greedily (evaluation's decoding: up to
-`max_tool_calls` memory calls) once per setting `engine:quantize`: `generate:none` is the turn-synchronous
-reference (one HF generate() per turn, the whole conversation re-encoded each turn), `kv:none` the continuous-
-batching KV engine with the same weights, `kv:int8` the engine on int8 dynamic linear layers. Agreement is measured
+`max_tool_calls` memory calls) once per setting `engine[:batch]`: `generate` is the turn-synchronous
+reference (one HF generate() per turn, the whole conversation re-encoded each turn), `kv` the continuous-batching
+KV engine with the same weights; an optional second field sets the batch (`kv:16`). Agreement is measured
 against the first setting: identical completion ids, identical parsed profile. Writes `benchmarks/rollout.json`
 (`before` = the first setting, `after` = the others) with the load average and the command.
 
     .venv/bin/python benchmarks/bench_engine.py --run outputs/default-sft-subset --queries 16 \\
-        --settings generate:none kv:none kv:int8
+        --settings generate kv kv:16
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--policy", default="sft", help="sft | grpo | recr1 | base")
     ap.add_argument("--queries", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8, help="rollout_batch_size (rows decoded together)")
-    ap.add_argument("--settings", nargs="+", default=["generate:none", "kv:none", "kv:int8"])
+    ap.add_argument("--settings", nargs="+", default=["generate", "kv", "kv:16"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/rollout.json")
     args = ap.parse_args()
@@ -79,10 +79,10 @@ def main() -> None:
 
     results, reference = {}, None
     for setting in args.settings:
-        engine, quantize = setting.split(":")
-        cfg = base.model_copy(update={"rollout_engine": engine, "decode_quantize": quantize})
+        engine, *batch = setting.split(":")
+        cfg = base.model_copy(update={"rollout_engine": engine, "rollout_batch_size": int((batch or [args.batch])[0])})
         model, tok = load_policy(cfg, paths, args.policy)
-        policy = LocalPolicy.for_model(decoding_model(model, cfg), tok, cfg)
+        policy = LocalPolicy.for_model(decoding_model(model), tok, cfg)
         block, trajs = _measure(policy, cfg, queries, store)
         if reference is None:
             reference = trajs

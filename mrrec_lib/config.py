@@ -145,7 +145,6 @@ class Config(BaseModel):
     reward_retrieval_weight: float = 5.0
     reward_memory_weight: float = 0.1
     malformed_retrieval: Literal["zero", "raw_text"] = "zero"
-    decode_quantize: Literal["none", "int8"] = "none"  # inference copies of the policy (eval, assistant, teachers): int8 dynamic linear layers, ~2-3x faster on CPU, answers within noise (docs/results.md)
     decode_no_repeat_ngram: int = 10  # greedy policy decoding (validation, eval, assistant): no self-generated n-gram twice; 0: off
 
     # ---- SFT warm-up (stage 03) -------------------------------------------------------

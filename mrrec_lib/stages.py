@@ -86,20 +86,13 @@ def first_stage(key: str) -> str:
     return "01"
 
 
-# Knobs added after records existed: hashed only when set away from their default (the behaviour every earlier
-# record had), so adding one does not make those records stale.
-HASHED_WHEN_SET = frozenset({"decode_quantize"})
-
-
 def stage_keys(stage: str) -> list[str]:
     """Every config key that can change the outputs of `stage` (its own and upstream)."""
     return sorted(k for k in FIELDS if k not in IGNORED_KEYS and first_stage(k) <= stage)
 
 
 def stage_hash(cfg: Config, stage: str) -> str:
-    defaults = Config.model_fields
-    keys = [k for k in stage_keys(stage) if k not in HASHED_WHEN_SET or getattr(cfg, k) != defaults[k].default]
-    return cfg.digest(keys)
+    return cfg.digest(stage_keys(stage))
 
 
 def _record_file(paths: RunPaths) -> Path:

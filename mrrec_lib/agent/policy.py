@@ -71,23 +71,13 @@ def trim_at_stop(ids: list[int], tokenizer: Any, stop_ids: set[int]) -> tuple[li
     return list(ids), None
 
 
-def decoding_model(model: Any, cfg: Any) -> Any:
-    """`model` made cheaper to decode with, for a model nobody trains afterwards (it is changed in place).
+def decoding_model(model: Any) -> Any:
+    """`model` ready to decode with and never trained afterwards: a PEFT adapter merged into the weights.
 
-    A PEFT adapter is merged into the weights (an unmerged LoRA adds two small matmuls per layer and a Python
-    call per module at every step); with `cfg.decode_quantize == "int8"` the linear layers get int8 weights with
-    dynamic activation quantization: a decode step reads a quarter of the bytes, which is what bounds it on CPU.
+    An unmerged LoRA adds two small matmuls and a Python call per adapted module at every decode step.
     """
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    if cfg.decode_quantize == "int8":
-        if next(model.parameters()).device.type != "cpu":
-            raise ValueError("decode_quantize: int8 is a CPU path (torch dynamic quantization); use none on a GPU")
-        import warnings
-
-        with warnings.catch_warnings():  # torch.ao's deprecation notice; the op is still the fastest int8 CPU path here
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model.eval()
 
 
@@ -154,11 +144,11 @@ class LocalPolicy:
 
     @classmethod
     def from_config(cls, cfg: Any, name_or_path: str | None = None) -> LocalPolicy:
-        """A freshly loaded policy for decoding only (LoRA merged, quantized if `cfg.decode_quantize`)."""
+        """A freshly loaded policy for decoding only (a LoRA adapter merged)."""
         from mrrec_lib.llm import load_causal_lm
 
         model, tokenizer = load_causal_lm(name_or_path or cfg.policy_model, cfg)
-        return cls.for_model(decoding_model(model, cfg), tokenizer, cfg)
+        return cls.for_model(decoding_model(model), tokenizer, cfg)
 
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any, cfg: Any) -> LocalPolicy:

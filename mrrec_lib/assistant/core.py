@@ -165,7 +165,7 @@ class Assistant:
 
             start = time.perf_counter()
             model, tokenizer = load_policy(self.cfg, self.paths, self.policy_name)
-            self._policy = LocalPolicy.for_model(decoding_model(model, self.cfg), tokenizer, self.cfg)
+            self._policy = LocalPolicy.for_model(decoding_model(model), tokenizer, self.cfg)
             self.load_seconds = time.perf_counter() - start
         return self._policy
 

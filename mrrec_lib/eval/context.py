@@ -265,7 +265,7 @@ class EvalContext:
             from mrrec_lib.train.checkpoints import load_policy
 
             model, tokenizer = load_policy(self.cfg, self.policy_paths(which), which)
-            self._policies[which] = LocalPolicy.for_model(decoding_model(model, self.cfg), tokenizer, self.cfg)
+            self._policies[which] = LocalPolicy.for_model(decoding_model(model), tokenizer, self.cfg)
         return self._policies[which]
 
     def release(self, which: str) -> None:
