@@ -61,9 +61,9 @@ class _BufferLayer(DynamicLayer):
         return self.n + query_length, 0
 
 
-def _copy_into(t: torch.Tensor, cap: int, rows: int | None = None) -> torch.Tensor:
-    out = t.new_zeros(rows or t.shape[0], t.shape[1], cap, t.shape[3])
-    out[: t.shape[0], :, : t.shape[2]] = t
+def _copy_into(t: torch.Tensor, cap: int) -> torch.Tensor:
+    out = t.new_zeros(t.shape[0], t.shape[1], cap, t.shape[3])
+    out[:, :, : t.shape[2]] = t
     return out
 
 
