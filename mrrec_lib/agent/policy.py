@@ -137,7 +137,7 @@ class LocalPolicy:
         """The continuous-batching KV engine over this model (`mrrec_lib.agent.engine`)."""
         from mrrec_lib.agent.engine import KVEngine
 
-        if self._engine is None:
+        if self._engine is None or self._engine.model is not self.model:  # rebuilt if the model was swapped
             self._engine = KVEngine(self.model, self.tokenizer, stop_token_ids(self.tokenizer), max_rows)
         self._engine.max_rows = max(1, max_rows)
         return self._engine
