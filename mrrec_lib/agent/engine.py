@@ -27,6 +27,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from mrrec_lib.agent.parse import TOOL_CLOSE
+from mrrec_lib.agent.policy import repeated_ngram_ends
 
 _STOP_WINDOW = 16  # tokens decoded to look for `</tool_call>` (it spans far fewer)
 _MIN_SHARED_PREFIX = 32  # a shorter common prefix is not worth a separate forward
@@ -278,8 +279,7 @@ class KVEngine:
         else:
             n, ids = decoding.no_repeat_ngram, row.turn
             if n > 0 and len(ids) >= n - 1:
-                prefix = tuple(ids[len(ids) - n + 1 :])
-                banned = [ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix]
+                banned = repeated_ngram_ends(ids, n)
                 if banned:
                     logits = logits.clone()
                     logits[banned] = -float("inf")

@@ -71,6 +71,12 @@ def trim_at_stop(ids: list[int], tokenizer: Any, stop_ids: set[int]) -> tuple[li
     return list(ids), None
 
 
+def repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
+    """The tokens that would complete, after `ids`, an n-gram `ids` already contains."""
+    prefix = tuple(ids[len(ids) - n + 1 :])
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix]
+
+
 def decoding_model(model: Any) -> Any:
     """`model` ready to decode with and never trained afterwards: a PEFT adapter merged into the weights.
 
@@ -114,10 +120,7 @@ class _NoRepeatNewNGram(LogitsProcessor):
         for row, ids in enumerate(new):
             if len(ids) < self.n:
                 continue
-            prefix = tuple(ids[len(ids) - self.n + 1 :])
-            banned = [
-                ids[i + self.n - 1] for i in range(len(ids) - self.n + 1) if tuple(ids[i : i + self.n - 1]) == prefix
-            ]
+            banned = repeated_ngram_ends(ids, self.n)
             if banned:
                 scores[row, banned] = -float("inf")
         return scores

@@ -328,7 +328,7 @@ def run_rollouts(
     seed = cfg.seed if seed is None else seed
     token_level = hasattr(policy, "generate_ids")
     engine = token_level and cfg.rollout_engine == "kv" and hasattr(policy, "engine")
-    bs = len(prompts) if engine else max(1, cfg.rollout_batch_size)
+    bs = max(1, len(prompts) if engine else cfg.rollout_batch_size)
     trajs: list[Trajectory] = []
     bar = tqdm(total=len(prompts), desc="rollouts", disable=not progress)
     for start in range(0, len(prompts), bs):
