@@ -156,6 +156,38 @@ def _after_turn(state: _State, text: str, stop: str | None, cfg: Any) -> str | N
     return result
 
 
+def _end_token_turn(s: _State, kept: list[int], stop: str | None, tok: Any, eot: int, cfg: Any) -> list[int] | None:
+    """Book a model turn that ended with `stop`, run its tool call, and append the tool result.
+
+    Returns the tokens the model must read after `kept` (the <|im_end|> closing a tool-call turn, then the
+    tool-result suffix), or None when the rollout is over. Both token backends share it, so their
+    trajectories stay identical.
+    """
+    extra: list[int] = []
+    if stop == "tool_call" and s.used + len(kept) + 1 > cfg.max_new_tokens_total:
+        stop = None  # no room to close the turn: the call is cut off by the budget
+    elif stop == "tool_call":
+        extra = [eot]  # the template closes a tool-call turn with <|im_end|>; the model learns it too
+    s.ids += kept + extra
+    s.mask += [1] * (len(kept) + len(extra))
+    s.new_tokens += len(kept) + len(extra)
+    s.used += len(kept) + len(extra)
+    body = kept[:-1] if stop == "eos" else kept
+    result = _after_turn(s, tok.decode(body, skip_special_tokens=False), stop, cfg)
+    if result is None:
+        return None
+    tool_msg = {"role": "tool", "name": TOOL_NAME, "content": result}
+    suffix = tok(_tool_suffix_text(tok, s.messages, tool_msg, s.prompt.tools), add_special_tokens=False)["input_ids"]
+    if s.used + len(suffix) >= cfg.max_new_tokens_total:
+        s.done, s.finish = True, "length"
+        return None
+    s.messages.append(tool_msg)
+    s.ids += suffix
+    s.mask += [0] * len(suffix)
+    s.used += len(suffix)
+    return extra + suffix
+
+
 def _run_token_batch(policy: TokenPolicy, states: list[_State], cfg: Any, seed: int) -> None:
     tok = policy.tokenizer
     stops, eot = stop_token_ids(tok), end_of_turn_id(tok)
@@ -180,30 +212,7 @@ def _run_token_batch(policy: TokenPolicy, states: list[_State], cfg: Any, seed: 
         turn += 1
         for s, out in zip(active, outs, strict=True):
             kept, stop = trim_at_stop(out[: _turn_budget(s, cfg)], tok, stops)
-            if stop == "tool_call" and s.used + len(kept) + 1 > cfg.max_new_tokens_total:
-                stop = None  # no room to close the turn: the call is cut off by the budget
-            elif stop == "tool_call":
-                kept = kept + [eot]  # the template closes a tool-call turn with <|im_end|>; the model learns it too
-            s.ids += kept
-            s.mask += [1] * len(kept)
-            s.new_tokens += len(kept)
-            s.used += len(kept)
-            body = kept[:-1] if stop in ("eos", "tool_call") else kept
-            text = tok.decode(body, skip_special_tokens=False)
-            result = _after_turn(s, text, stop, cfg)
-            if result is None:
-                continue
-            tool_msg = {"role": "tool", "name": TOOL_NAME, "content": result}
-            suffix = tok(_tool_suffix_text(tok, s.messages, tool_msg, s.prompt.tools), add_special_tokens=False)[
-                "input_ids"
-            ]
-            if s.used + len(suffix) >= cfg.max_new_tokens_total:
-                s.done, s.finish = True, "length"
-                continue
-            s.messages.append(tool_msg)
-            s.ids += suffix
-            s.mask += [0] * len(suffix)
-            s.used += len(suffix)
+            _end_token_turn(s, kept, stop, tok, eot, cfg)
 
 
 def _run_token_engine(policy: Any, states: list[_State], cfg: Any, seed: int) -> None:
@@ -227,35 +236,14 @@ def _run_token_engine(policy: Any, states: list[_State], cfg: Any, seed: int) ->
 
     def on_turn_end(row: EngineRow, kept: list[int], stop: str | None) -> list[int] | None:
         s: _State = row.key
-        extra: list[int] = []
-        if stop == "tool_call" and s.used + len(kept) + 1 > cfg.max_new_tokens_total:
-            stop = None  # no room to close the turn: the call is cut off by the budget
-        elif stop == "tool_call":
-            extra = [eot]  # the template closes a tool-call turn with <|im_end|>; the model learns it too
-        s.ids += kept + extra
-        s.mask += [1] * (len(kept) + len(extra))
-        s.new_tokens += len(kept) + len(extra)
-        s.used += len(kept) + len(extra)
-        body = kept[:-1] if stop == "eos" else kept
-        result = _after_turn(s, tok.decode(body, skip_special_tokens=False), stop, cfg)
-        if result is None:
+        fed = _end_token_turn(s, kept, stop, tok, eot, cfg)
+        if fed is None:
             return None
-        tool_msg = {"role": "tool", "name": TOOL_NAME, "content": result}
-        suffix = tok(_tool_suffix_text(tok, s.messages, tool_msg, s.prompt.tools), add_special_tokens=False)[
-            "input_ids"
-        ]
-        if s.used + len(suffix) >= cfg.max_new_tokens_total:
-            s.done, s.finish = True, "length"
-            return None
-        s.messages.append(tool_msg)
-        s.ids += suffix
-        s.mask += [0] * len(suffix)
-        s.used += len(suffix)
         row.budget = _turn_budget(s, cfg)
         if row.budget == 0:
             s.done, s.finish = True, "length"
             return None
-        return extra + suffix
+        return fed
 
     decoding = Decoding(cfg.rollout_temperature, cfg.rollout_top_p, getattr(policy, "no_repeat_ngram", 0))
     policy.engine(cfg.rollout_batch_size).run(rows, decoding, on_turn_end)
