@@ -163,6 +163,11 @@ def test_trl_reward_funcs_strings_and_columns():
         call_like_trl(ret, comps)
     with pytest.raises(ValueError, match="n_tool_calls"):
         call_like_trl(mem, comps, n_tool_calls=[1])
+    # the KV-engine rollout_func passes the last assistant turn; TRL's flat completion text is then not parsed
+    flat = ["<tool_response>\\boxed{tool text}</tool_response> rambling", GOOD]
+    assert call_like_trl(fmt, flat, answer_text=[GOOD, "no answer"]) == pytest.approx([0.1, 0.0])
+    with pytest.raises(ValueError, match="answer_text"):
+        call_like_trl(fmt, flat, answer_text=[GOOD])
 
 
 def test_completion_view_shapes():

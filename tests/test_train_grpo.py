@@ -219,3 +219,69 @@ def test_script_entry_reads_the_run_config(tmp_path):
     bad.write_text("grpo_num_generation: 4\n")  # misspelled key
     with pytest.raises(ConfigError, match="grpo_num_generation"):
         main(["--config", str(bad)])
+
+
+class _ScriptedPolicy:
+    """A TokenPolicy that calls the tool on its first turn and answers after the tool result."""
+
+    def __init__(self, model, tok):
+        self.model, self.tokenizer = model, tok
+        self.call = tok(TOOL_CALL_TEXT, add_special_tokens=False)["input_ids"]
+        self.answer = tok(ANSWER_TEXT, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        self.marker = tok("<tool_response>", add_special_tokens=False)["input_ids"]
+
+    def generate_ids(self, contexts, max_new_tokens, temperature, top_p, seed):
+        def after_tool(ids):
+            n = len(self.marker)
+            return any(ids[i : i + n] == self.marker for i in range(len(ids) - n + 1))
+
+        return [list(self.answer if after_tool(c) else self.call) for c in contexts]
+
+
+def _engine_trainer(tmp_path, policy_for=None, **kw):
+    from mrrec_lib.agent.rollout import ToolResult
+    from mrrec_lib.train.engine_rollout import make_rollout_func
+
+    cfg = _cfg(tmp_path, **kw)
+    tok = smol_tokenizer()
+    searched = []
+
+    def tool_for(row):
+        def tool(query):
+            searched.append((row["snapshot"], query))
+            return ToolResult(text=f"{TOOL_RESULT}\n(snapshot {row['snapshot']})")
+
+        return tool
+
+    rollout = make_rollout_func(cfg, tool_for, policy_for)
+    args = build_grpo_config(cfg, _paths(tmp_path))
+    rows = grpo_rows(2)
+    trainer = build_grpo_trainer(cfg, args, tiny_model(tok), tok, rows, [boxed_reward], rollout_func=rollout)
+    return cfg, tok, rows, trainer, searched
+
+
+def test_engine_rollouts_mask_tool_results_and_search_each_rows_memory(tmp_path):
+    """rollout_engine kv: our rollouts feed TRL; tool-result tokens are masked, each row searched its own snapshot."""
+    cfg, tok, rows, trainer, searched = _engine_trainer(tmp_path, policy_for=_ScriptedPolicy, rollout_engine="generate")
+    trainer.model.train()
+    inputs = [r for r in rows for _ in range(cfg.grpo_num_generations)]
+    batch = trainer._generate_and_score_completions(inputs)
+    assert [s for s, _ in searched] == [r["snapshot"] for r in inputs]
+    assert trainer.model.training  # restored after sampling in eval mode
+    for i, row in enumerate(inputs):
+        ids, mask, tool_mask = batch["completion_ids"][i], batch["completion_mask"][i], batch["tool_mask"][i]
+        n = int(mask.sum())
+        masked, kept = tok.decode(ids[:n][tool_mask[:n] == 0]), tok.decode(ids[:n][tool_mask[:n] == 1])
+        assert TOOL_RESULT in masked and f"snapshot {row['snapshot']}" in masked and "<tool_response>" in masked
+        assert "memory_retrieval_tool" in kept and "ideal_item_profile" in kept and TOOL_RESULT not in kept
+    # the answer after the tool result earned the reward; the rows' rewards reached TRL's advantages
+    assert trainer._metrics["train"]["tools/call_frequency"][-1] == pytest.approx(1.0)
+    assert torch.all(batch["advantages"] == 0)  # equal rewards within each group
+
+
+def test_engine_rollouts_train_a_real_step(tmp_path):
+    """The KV engine samples from the training model itself (tiny random weights) and a GRPO step completes."""
+    cfg, tok, rows, trainer, _ = _engine_trainer(tmp_path, grpo_max_steps=1, grpo_max_completion_length=48)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert any("reward" in h for h in trainer.state.log_history)

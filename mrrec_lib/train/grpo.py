@@ -1,13 +1,14 @@
-"""Stage 04: GRPO on the retrieval reward, with TRL's native multi-turn tool calling.
+"""Stage 04: GRPO on the retrieval reward, multi-turn with the memory tool, tool results masked out of the loss.
 
-Why TRL's `environment_factory` rather than our own rollout engine behind
-`rollout_func`: TRL then owns generation (HF generate on CPU, vLLM on GPU via
-`use_vllm`), distributed training (accelerate / DeepSpeed / FSDP), and the loss
-mask: in `_tool_call_loop` every tool-result token gets `tool_mask = 0` and the
-loss uses `completion_mask * tool_mask`, which is the paper's masking of retrieved
-memory. One environment instance per rollout gives each rollout its own user's
-memory (the row's `snapshot`). Rec-R1 (cfg.policy_uses_memory=False) is the same
-trainer with no environment and a prompt without global memory.
+Two ways to generate the rollouts, chosen by `rollout_engine`:
+- `kv` (default, unless `use_vllm`): TRL's `rollout_func` hook hands each step's prompts to our KV engine through
+  `run_rollouts` (`train/engine_rollout.py`), the code evaluation uses; its completion mask (0 on tool-result
+  tokens) becomes TRL's `tool_mask`. TRL computes log-probs, advantages and the loss.
+- `generate`: TRL's native tool calling with `environment_factory`: TRL owns generation (HF generate on CPU, vLLM
+  on GPU via `use_vllm`) and masks every tool-result token (`tool_mask = 0`, loss on `completion_mask * tool_mask`).
+  One environment instance per rollout gives each rollout its own user's memory (the row's `snapshot`).
+Either way TRL owns distributed training (accelerate / DeepSpeed / FSDP). Rec-R1 (cfg.policy_uses_memory=False)
+is the same trainer with no tool and a prompt without global memory.
 
 Run as a script for multi-GPU:
     accelerate launch --config_file configs/accelerate/zero3.yaml -m mrrec_lib.train.grpo \
@@ -151,22 +152,30 @@ def build_grpo_trainer(
     reward_funcs: Callable | Sequence[Callable],
     env_class: type | None = None,
     callbacks: Sequence[Any] = (),
+    rollout_func: Callable | None = None,
 ):
-    """A GRPOTrainer over `rows`; `env_class` (from `make_memory_env`) turns on the memory tool."""
+    """A GRPOTrainer over `rows`: `rollout_func` (from `engine_rollout.make_rollout_func`) generates with the KV
+    engine and its own memory tool; otherwise TRL generates and `env_class` (from `make_memory_env`) is the tool."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    if cfg.policy_uses_memory and env_class is None:
-        raise ValueError("policy_uses_memory=True needs the memory environment (env_class)")
+    if cfg.policy_uses_memory and env_class is None and rollout_func is None:
+        raise ValueError("policy_uses_memory=True needs the memory environment (env_class) or a rollout_func")
     tokenizer.padding_side = "left"
-    return GRPOTrainer(
+    trainer_class: type = GRPOTrainer
+    if rollout_func is not None:
+        from mrrec_lib.train.engine_rollout import engine_trainer_class
+
+        trainer_class = engine_trainer_class()
+    return trainer_class(
         model=model,
         reward_funcs=list(reward_funcs) if isinstance(reward_funcs, Sequence) else reward_funcs,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
-        environment_factory=env_class if cfg.policy_uses_memory else None,
+        environment_factory=env_class if cfg.policy_uses_memory and rollout_func is None else None,
+        rollout_func=rollout_func,
         callbacks=list(callbacks),
     )
 
@@ -206,7 +215,16 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
     retriever = ItemRetriever.from_run(cfg, paths)
     model, tokenizer = load_policy(cfg, paths, start, for_training=True)  # type: ignore[arg-type]
     rows = grpo_rows(cfg, train_q, _global_context_fn(cfg, store))
-    env_class = make_memory_env(store, cfg.memory_top_k) if cfg.policy_uses_memory else None
+    env_class, rollout_func = None, None
+    if cfg.rollout_engine == "kv" and not cfg.use_vllm:  # vLLM (GPU) generates inside TRL
+        from mrrec_lib.agent.run import store_tool
+        from mrrec_lib.train.engine_rollout import make_rollout_func
+
+        rollout_func = make_rollout_func(
+            cfg, lambda row: store_tool(store, row["snapshot"], cfg.memory_top_k) if store is not None else None
+        )
+    elif cfg.policy_uses_memory:
+        env_class = make_memory_env(store, cfg.memory_top_k)
 
     args = build_grpo_config(cfg, paths)
     steps_log = paths.logs / f"04_{which}_steps.jsonl"
@@ -232,7 +250,7 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
         validator = ValidationCallback(evaluate, save_best, val_log, cfg.grpo_eval_every, cfg.grpo_patience)
         callbacks.append(validator)
     trainer = build_grpo_trainer(
-        cfg, args, model, tokenizer, rows, make_trl_reward_funcs(retriever, cfg), env_class, callbacks
+        cfg, args, model, tokenizer, rows, make_trl_reward_funcs(retriever, cfg), env_class, callbacks, rollout_func
     )
     trainer_box["trainer"] = trainer
 

@@ -145,14 +145,20 @@ def make_trl_reward_funcs(retriever: Any, cfg: Any) -> list[Callable[..., list[f
 
     Each returns its term already weighted by the config (`reward_*_weight`), so leave GRPOConfig's
     `reward_weights` unset: the per-completion sum is then exactly `RewardBreakdown.total`.
-    `retrieval_reward` needs the dataset column `target_item_id`; a column `n_tool_calls` (if present)
-    overrides the memory-call count read from the completion.
+    `retrieval_reward` needs the dataset column `target_item_id`. Columns `n_tool_calls` and `answer_text` (if
+    present, e.g. from the KV-engine `rollout_func`, whose completions TRL decodes as one flat text) override the
+    memory-call count and the final assistant text read from the completion.
     """
 
     def views(completions: list, kwargs: dict) -> list[tuple[str, int]]:
         out = [completion_view(c) for c in completions]
         counts = _column(kwargs, "n_tool_calls", len(out))
-        return out if counts is None else [(text, int(n)) for (text, _), n in zip(out, counts, strict=True)]
+        texts = _column(kwargs, "answer_text", len(out))
+        if counts is not None:
+            out = [(text, int(n)) for (text, _), n in zip(out, counts, strict=True)]
+        if texts is not None:
+            out = [(str(t), n) for (_, n), t in zip(out, texts, strict=True)]
+        return out
 
     def format_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
         return [cfg.reward_format_weight * parse_answer(text).ok for text, _ in views(completions, kwargs)]
