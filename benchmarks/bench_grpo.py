@@ -37,7 +37,11 @@ def _measure(cfg, steps_log: Path, seconds: float) -> dict:
 
     from mrrec_lib.runs import read_jsonl
 
-    steps = [s for s in read_jsonl(steps_log) if s.get("step_seconds") is not None]
+    by_step: dict[int, dict] = {}
+    for row in read_jsonl(steps_log):  # the trainer's closing summary repeats the last step: keep the first row
+        if row.get("step_seconds") is not None and "loss" in row:
+            by_step.setdefault(row["step"], row)
+    steps = [by_step[k] for k in sorted(by_step)]
     per_step = [round(s["step_seconds"], 1) for s in steps]
 
     def mean(key: str) -> float | None:
