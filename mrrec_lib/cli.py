@@ -119,6 +119,25 @@ def _cmd_check_record(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mrrec_lib.results.compare import compare_records, format_comparison
+    from mrrec_lib.runs import resolve, write_json
+
+    sides = []
+    for spec in (args.a, args.b):
+        run, sep, system = spec.partition(":")
+        if not sep or not run or not system:
+            raise ValueError(f"expected RUN:SYSTEM (a record under {args.results_dir}/ and one of its systems), got {spec!r}")
+        sides.append((resolve(args.results_dir) / run, system))
+    (a, sa), (b, sb) = sides
+    result = compare_records(a, sa, b, sb, tuple(args.metric))
+    print(format_comparison(result))
+    if args.out:
+        write_json(resolve(args.out), {"command": args.command_line, **result})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mrrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("run", help="the record's run name, e.g. default")
     k.add_argument("--results-dir", default="results")
     k.set_defaults(func=_cmd_check_record)
+
+    d = sub.add_parser(
+        "compare",
+        help="paired test of two recorded systems, possibly of different runs, on the requests both scored",
+        description="A minus B per request (user-cluster bootstrap CI, sign-flip p, Holm, MDD), from the committed "
+        "per-request rows; refused unless both runs ranked the same requests on the same pool by the same rule.",
+    )
+    d.add_argument("a", help="RUN:SYSTEM, e.g. default-grpo-320:mrrec")
+    d.add_argument("b", help="RUN:SYSTEM, e.g. default-sft-320:mrrec_sft")
+    d.add_argument("--metric", nargs="+", default=["N@100", "R@100"])
+    d.add_argument("--results-dir", default="results")
+    d.add_argument("--out", default="", help="also write the result as JSON here")
+    d.set_defaults(func=_cmd_compare)
     return p
 
 

@@ -288,3 +288,38 @@ def test_benchmark_summary_rendered_from_stage01_metrics(run, tmp_path):
     readme.write_text(f"{BENCH_START}\nold\n{BENCH_END}\n\n{START}\nold\n{END}\n")
     render_readme(readme, results, "r")
     assert block in readme.read_text() and "\nold\n" not in readme.read_text()
+
+
+def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tmp_path, capsys):
+    from mrrec_lib.results.compare import IncomparableRecordsError, compare_records
+
+    dest = record_run(run.root, tmp_path / "results")
+    recorded = {(t["system"], t["metric"]): t for t in read_json(dest / "metrics" / "05_eval.json")["paired_tests"]}
+    result = compare_records(dest, "mrrec", dest, "query_dense")
+    assert result["shared_requests"] == len(read_per_query(dest).query("system == 'mrrec'"))
+    for t in result["tests"]:
+        want = recorded[("query_dense", t["metric"])]
+        for key in ("diff", "lo", "hi", "p_permutation", "mdd", "n"):
+            assert t[key] == pytest.approx(want[key]), key
+    # the same rows under another run name compare as a tie; a different pool or setting is refused
+    twin = tmp_path / "results" / "twin"
+    twin.mkdir()
+    for f in dest.rglob("*"):
+        if f.is_file():
+            (twin / f.relative_to(dest)).parent.mkdir(parents=True, exist_ok=True)
+            (twin / f.relative_to(dest)).write_bytes(f.read_bytes())
+    assert all(t["diff"] == 0 for t in compare_records(dest, "mrrec", twin, "mrrec")["tests"])
+    hashes = json.loads((twin / "stages.json").read_text())
+    hashes["02"]["hash"] = "f" * 16
+    (twin / "stages.json").write_text(json.dumps(hashes))
+    with pytest.raises(IncomparableRecordsError, match="stage-02"):
+        compare_records(dest, "mrrec", twin, "mrrec")
+    with pytest.raises(KeyError, match="no per-request rows for system 'nope'"):
+        compare_records(dest, "nope", dest, "mrrec")
+    results = str(tmp_path / "results")
+    out = tmp_path / "cmp.json"
+    assert main(["compare", "r:mrrec", "r:query_dense", "--results-dir", results, "--out", str(out)]) == 0
+    assert "r:mrrec minus r:query_dense on 10 shared requests" in capsys.readouterr().out
+    assert read_json(out)["tests"][0]["diff"] == pytest.approx(result["tests"][0]["diff"])
+    assert main(["compare", "r", "r:mrrec", "--results-dir", results]) == 2
+    assert "RUN:SYSTEM" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""A paired comparison of two systems recorded in different runs, from the committed per-request rows.
+
+Why: on 2 CPU cores each LLM row costs ~40 minutes per 320 requests, so a newly trained policy is evaluated in its
+own run and compared with a row already recorded (e.g. GRPO vs the SFT policy it started from) instead of decoding
+the old row again. That is only a paired comparison if both runs ranked the same requests against the same pool
+and scored them by the same rule, so it is refused otherwise: equal stage-02 hashes (data, requests, pool,
+retriever), the same target and user for every shared request, the same headline setting (malformed rule,
+history exclusion). The test is stage 05's own (`eval.report.paired_tests`): users resampled, seed `seed + i` for
+metric i, Holm over the metrics compared together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mrrec_lib.eval.metrics import metrics_from_ranks
+from mrrec_lib.eval.protocol import PAIRED_METRICS, headline
+from mrrec_lib.eval.stats import holm, paired_cluster_test
+from mrrec_lib.results.layout import read_config, read_per_query
+from mrrec_lib.results.recompute import headline_column
+from mrrec_lib.runs import read_json
+
+_SAME_REQUEST = ("user_id", "target_item_id")
+
+
+class IncomparableRecordsError(ValueError):
+    """The two records did not score the same requests on the same pool under the same rules."""
+
+
+def _rows(record: Path, system: str) -> tuple[pd.DataFrame, Any]:
+    cfg = read_config(record)
+    rows = read_per_query(record)
+    mine = rows[rows["system"] == system]
+    if mine.empty:
+        have = sorted(rows["system"].unique())
+        raise KeyError(f"{record}: no per-request rows for system {system!r}; recorded systems: {have}")
+    return mine.set_index("qid"), cfg
+
+
+def _stage_hash(record: Path, stage: str) -> str:
+    stages = read_json(record / "stages.json")
+    if stage not in stages:
+        raise IncomparableRecordsError(f"{record}: stage {stage} is not recorded, so its pool cannot be checked")
+    return stages[stage]["hash"]
+
+
+def compare_records(
+    a: str | Path, system_a: str, b: str | Path, system_b: str, metrics: tuple[str, ...] = PAIRED_METRICS
+) -> dict[str, Any]:
+    """`system_a` of record `a` minus `system_b` of record `b` on the requests both scored, one test per metric.
+
+    Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
+    """
+    a, b = Path(a), Path(b)
+    if _stage_hash(a, "02") != _stage_hash(b, "02"):
+        raise IncomparableRecordsError(
+            f"{a} and {b} differ before stage 03 (stage-02 hashes): different data, requests or pool"
+        )
+    ra, cfg_a = _rows(a, system_a)
+    rb, cfg_b = _rows(b, system_b)
+    if headline(cfg_a).column != headline(cfg_b).column:
+        raise IncomparableRecordsError(
+            f"headline settings differ: {a} scores `{headline(cfg_a).column}`, {b} `{headline(cfg_b).column}`"
+        )
+    if cfg_a.eval_ks != cfg_b.eval_ks:
+        raise IncomparableRecordsError(f"eval_ks differ: {cfg_a.eval_ks} vs {cfg_b.eval_ks}")
+    common = ra.index.intersection(rb.index)
+    if len(common) == 0:
+        raise IncomparableRecordsError(f"{a} ({system_a}) and {b} ({system_b}) share no request")
+    for col in _SAME_REQUEST:
+        differ = (ra.loc[common, col].astype(str) != rb.loc[common, col].astype(str)).sum()
+        if differ:
+            raise IncomparableRecordsError(f"{differ} shared request ids have a different {col} in the two records")
+    va = metrics_from_ranks(ra.loc[common, headline_column(ra, cfg_a)].to_numpy(dtype=float), cfg_a.eval_ks)
+    vb = metrics_from_ranks(rb.loc[common, headline_column(rb, cfg_b)].to_numpy(dtype=float), cfg_b.eval_ks)
+    unknown = [m for m in metrics if m not in va]
+    if unknown:
+        raise KeyError(f"unknown metric(s) {unknown}; recorded: {sorted(va)}")
+    users = ra.loc[common, "user_id"].astype(str).to_numpy()
+    tests = []
+    for i, m in enumerate(metrics):
+        t = paired_cluster_test(va[m], vb[m], users, cfg_a.bootstrap_samples, cfg_a.seed + i)
+        tests.append({"metric": m, "mean_a": float(np.mean(va[m])), "mean_b": float(np.mean(vb[m])), **t})
+    for t, p in zip(tests, holm([t["p_permutation"] for t in tests]), strict=True):
+        t["p_holm"] = float(p)
+    return {
+        "a": {"record": a.name, "system": system_a, "requests": len(ra)},
+        "b": {"record": b.name, "system": system_b, "requests": len(rb)},
+        "shared_requests": len(common),
+        "shared_users": len(set(users)),
+        "setting": headline(cfg_a).column,
+        "tests": tests,
+    }
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """Plain lines for the terminal: what was compared on what, then one line per metric."""
+    a, b = result["a"], result["b"]
+    lines = [
+        f"{a['record']}:{a['system']} minus {b['record']}:{b['system']} on {result['shared_requests']} shared "
+        f"requests of {result['shared_users']} users (setting {result['setting']})"
+    ]
+    for t in result["tests"]:
+        lines.append(
+            f"  {t['metric']}: {t['mean_a']:.3f} vs {t['mean_b']:.3f}, diff {t['diff']:+.3f} "
+            f"[{t['lo']:+.3f}, {t['hi']:+.3f}], p_perm {t['p_permutation']:.4f}, Holm {t['p_holm']:.4f}, "
+            f"MDD {t['mdd']:.3f}"
+        )
+    return "\n".join(lines)
