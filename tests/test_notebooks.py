@@ -63,6 +63,10 @@ def test_grpo_runs_its_steps_and_reports_before_after(smoke_run):
     m = read_json(smoke_run.metrics_file("04_rl"))
     assert m["steps_run"] == load_config(smoke_run.config_file).grpo_max_steps
     assert len(m["before_after"]) == 2 and len(m["validation"]) >= 2
+    # the learning-signal diagnostics come from the trainer's own logs of the KV-engine rollouts
+    signal = m["signal_mean"]
+    assert 0 <= signal["frac_reward_zero_std"] <= 1 and signal["entropy"] >= 0 and signal["grad_norm"] is not None
+    assert (smoke_run.figures / "04_rl_signal.png").exists()
 
 
 def test_evaluation_fills_every_system_it_can_run(smoke_run):

@@ -311,6 +311,8 @@ def rl_metrics(
     """What notebook 04 records: the run summary, per-step aggregates, validation history, before/after."""
     import numpy as np
 
+    from mrrec_lib.train.plots import SIGNAL_PANELS
+
     steps = [s for s in summary["steps"] if s.get("reward") is not None]
     return {
         "enabled": True,
@@ -321,12 +323,19 @@ def rl_metrics(
         "reward_first": steps[0]["reward"] if steps else None,
         "reward_last": steps[-1]["reward"] if steps else None,
         "tool_calls_per_rollout_last": steps[-1].get("tools/call_frequency") if steps else None,
+        "signal_mean": {key: _mean_logged(steps, key) for key, _, _ in SIGNAL_PANELS},
         "validation": [
             {k: v for k, v in r.items() if k not in ("per_query", "example")} for r in summary["validation"]
         ],
         "before_after": table.reset_index(names="policy").to_dict("records"),
         "paired": paired,
     }
+
+
+def _mean_logged(steps: list[dict[str, Any]], key: str) -> float | None:
+    """Mean over the steps that logged `key` (None when none did)."""
+    values = [s[key] for s in steps if s.get(key) is not None]
+    return float(sum(values) / len(values)) if values else None
 
 
 def main(argv: list[str] | None = None) -> None:

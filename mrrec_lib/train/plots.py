@@ -1,4 +1,5 @@
-"""Training figures: SFT loss, GRPO reward and its parts per step, validation nDCG@100 per step (paper Fig. 4)."""
+"""Training figures: SFT loss, GRPO reward and its parts per step, GRPO learning signal, validation nDCG@100 per step
+(paper Fig. 4)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,30 @@ def grpo_curves_figure(steps: list[dict[str, Any]]) -> plt.Figure:
         axes[2].plot(df["step"], df["tools/call_frequency"], marker="o", ms=3)
     axes[2].set(xlabel="step", ylabel="calls", title="Tool calls per rollout")
     for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# What decides whether a GRPO step can change the policy, as TRL logs it: (key, panel title, y label).
+SIGNAL_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("frac_reward_zero_std", "Groups with equal rewards (no gradient)", "share of groups"),
+    ("reward_std", "Reward spread within groups", "std"),
+    ("entropy", "Policy entropy (model tokens)", "nats"),
+    ("grad_norm", "Gradient norm", "norm"),
+    ("completions/clipped_ratio", "Completions cut by the budget", "share"),
+)
+
+
+def grpo_signal_figure(steps: list[dict[str, Any]]) -> plt.Figure:
+    """Why a GRPO run does or does not move the policy: groups without reward variance give no advantage, low
+    entropy leaves few different completions to compare, and truncated completions are malformed by construction."""
+    fig, axes = plt.subplots(1, len(SIGNAL_PANELS), figsize=(3.2 * len(SIGNAL_PANELS), 3.2))
+    for ax, (key, title, ylabel) in zip(axes, SIGNAL_PANELS, strict=True):
+        df = _frame(steps, key)
+        ax.plot(df["step"], df[key], marker="o", ms=3)
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
