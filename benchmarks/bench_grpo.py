@@ -59,6 +59,7 @@ def _measure(cfg, steps_log: Path, seconds: float) -> dict:
         if per_step
         else None,
         "stage_seconds": round(seconds, 1),
+        "rollout_seconds_mean": mean("timing/rollout_seconds"),  # kv only: generation inside the step
         "reward_mean": mean("reward"),
         "tool_calls_per_rollout": mean("tools/call_frequency"),
         "completion_tokens_mean": mean("completions/mean_length"),

@@ -276,6 +276,7 @@ def test_engine_rollouts_mask_tool_results_and_search_each_rows_memory(tmp_path)
         assert "memory_retrieval_tool" in kept and "ideal_item_profile" in kept and TOOL_RESULT not in kept
     # the answer after the tool result earned the reward; the rows' rewards reached TRL's advantages
     assert trainer._metrics["train"]["tools/call_frequency"][-1] == pytest.approx(1.0)
+    assert trainer._metrics["train"]["timing/rollout_seconds"][-1] > 0
     assert torch.all(batch["advantages"] == 0)  # equal rewards within each group
 
 

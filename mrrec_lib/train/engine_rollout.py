@@ -10,6 +10,7 @@ as in TRL's own tool loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,7 @@ def make_rollout_func(
             policy = cached["policy"] = wrap(trainer.model, trainer.processing_class)
         mode = "train" if trainer.model.training else "eval"
         trainer.model.eval()  # no LoRA dropout while sampling; the weights are the ones being trained
+        started = time.perf_counter()
         try:
             trajs = run_rollouts(
                 policy,
@@ -82,6 +84,7 @@ def make_rollout_func(
             )
         finally:
             trainer.model.train(mode == "train")
+        trainer._metrics[mode]["timing/rollout_seconds"].append(time.perf_counter() - started)
         calls = [t.n_tool_calls for t in trajs]
         trainer._metrics[mode]["tools/call_frequency"].append(float(np.mean(calls)))
         trainer._metrics[mode]["tools/invalid_frequency"].append(float(np.mean([t.n_invalid_calls for t in trajs])))
