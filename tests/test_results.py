@@ -323,3 +323,18 @@ def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tm
     assert read_json(out)["tests"][0]["diff"] == pytest.approx(result["tests"][0]["diff"])
     assert main(["compare", "r", "r:mrrec", "--results-dir", results]) == 2
     assert "RUN:SYSTEM" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-320", "default-sft-subset")),
+    reason="the committed SFT records are absent",
+)
+def test_committed_sft_records_compare_on_their_shared_requests():
+    """The SFT policy decoded per turn (default-sft-subset) and by the KV engine (default-sft-320): same 60 ranks."""
+    from mrrec_lib.results.compare import compare_records
+
+    result = compare_records(
+        ROOT_RESULTS / "default-sft-320", "mrrec_sft", ROOT_RESULTS / "default-sft-subset", "mrrec_sft"
+    )
+    assert result["shared_requests"] == 60 and result["a"]["requests"] == 320
+    assert all(t["diff"] == 0 and t["mean_a"] == t["mean_b"] for t in result["tests"])
