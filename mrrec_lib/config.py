@@ -171,7 +171,7 @@ class Config(BaseModel):
     grpo_start: Literal["sft", "base"] = "sft"
     grpo_num_generations: int = 4
     grpo_batch_prompts: int = 1  # x G completions per step; CPU default (paper: 256)
-    grpo_max_steps: int = 4  # CPU default: 2-4 min per step + ~8 min per validation, ~40 min on 2 cores; paper: epochs
+    grpo_max_steps: int = 4  # CPU default: ~1.5 min per step on the KV engine + ~2 min per validation; params/eval/grpo_probe.yaml (20 steps x 8 rollouts) is the first recipe that moved the policy; paper: epochs
     grpo_epochs: float = 5.0
     grpo_lr: float = 5e-5  # LoRA, 4 CPU steps: 1e-5 changed no greedy validation answer; early stopping guards a bad step
     grpo_beta: float = 0.0
