@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
+
+from before_after import write_before_after
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -66,7 +66,7 @@ def main() -> None:
     from mrrec_lib.config import load_config
     from mrrec_lib.data.schema import read_table
     from mrrec_lib.memory.store import MemoryStore
-    from mrrec_lib.runs import run_paths, write_json
+    from mrrec_lib.runs import run_paths
     from mrrec_lib.train.checkpoints import load_policy
 
     torch.set_num_threads(args.threads)
@@ -98,23 +98,18 @@ def main() -> None:
         print(setting, json.dumps(block), flush=True)
         del policy, model
 
-    first = args.settings[0]
-    write_json(
-        Path(args.out),
+    write_before_after(
+        args.out,
+        "bench_engine.py",
         {
-            "command": "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
             "policy": f"{run}/{args.policy}",
             "max_tool_calls": base.max_tool_calls,
             "max_new_tokens_total": base.max_new_tokens_total,
             "rollout_batch_size": args.batch,
-            "torch_threads": args.threads,
-            "cpu_count": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
-            "before": {first: results[first]},
-            "after": {k: v for k, v in results.items() if k != first},
         },
+        results,
+        args.threads,
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

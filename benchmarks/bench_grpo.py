@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import sys
 from pathlib import Path
+
+from before_after import write_before_after
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -79,7 +79,7 @@ def main() -> None:
     import time
 
     from mrrec_lib.config import load_config
-    from mrrec_lib.runs import run_paths, write_json
+    from mrrec_lib.runs import run_paths
     from mrrec_lib.train.grpo import train_grpo
 
     source = Path(args.run)
@@ -117,22 +117,17 @@ def main() -> None:
         print(setting, json.dumps(block), flush=True)
         shutil.rmtree(paths.root)
 
-    first = args.settings[0]
-    write_json(
-        Path(args.out),
+    write_before_after(
+        args.out,
+        "bench_grpo.py",
         {
-            "command": "python benchmarks/bench_grpo.py " + " ".join(sys.argv[1:]),
             "policy": f"{source}/sft",
             "grpo_max_completion_length": cfg.grpo_max_completion_length,
             "max_tool_calls": cfg.max_tool_calls,
-            "torch_threads": args.threads,
-            "cpu_count": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
-            "before": {first: results[first]},
-            "after": {k: v for k, v in results.items() if k != first},
         },
+        results,
+        args.threads,
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
