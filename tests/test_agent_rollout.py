@@ -251,6 +251,58 @@ def test_text_backend_rollout():
     assert [tools is None for conv, tools, _ in llm.requests if 'asks: "r"' in conv[1]["content"]] == [True]
 
 
+class FailsOn:
+    """Wraps a chat backend so that any batch holding request `bad` raises, like a server error."""
+
+    def __init__(self, inner, bad: str):
+        self.inner, self.bad = inner, bad
+
+    def _check(self, texts):
+        if any(f'A user asks: "{self.bad}"' in t for t in texts):
+            raise ConnectionError("backend returned HTTP 500")
+
+    def chat(self, conversations, *args, **kw):
+        self._check([c[1]["content"] for c in conversations])
+        return self.inner.chat(conversations, *args, **kw)
+
+
+class TokenFailsOn(FailsOn):
+    """The same for a token policy."""
+
+    def __init__(self, inner, bad: str):
+        super().__init__(inner, bad)
+        self.tokenizer = inner.tokenizer
+
+    def generate_ids(self, contexts, *args):
+        self._check([self.tokenizer.decode(c) for c in contexts])
+        return self.inner.generate_ids(contexts, *args)
+
+
+def test_a_failing_row_is_finished_as_an_error_and_the_batch_goes_on(tok):
+    scripts = {"q": [CALL, ANSWER + "<|im_end|>"], "bad": [ANSWER + "<|im_end|>"], "r": [ANSWER + "<|im_end|>"]}
+    prompts = [build_prompt("mrrec", q) for q in scripts]
+    policy = TokenFailsOn(ScriptedPolicy(tok, scripts), "bad")
+    t, bad, r = run_rollouts(policy, prompts, [memory_tool] * 3, cfg(), progress=False)
+    assert t.parse_ok and t.n_tool_calls == 1 and r.parse_ok
+    assert (bad.finish_reason, bad.parse_ok) == ("error", False)
+    assert bad.parse_error == "rollout failed: ConnectionError: backend returned HTTP 500"
+    assert bad.completion_mask == [0] and bad.prompt_ids == enc(tok, tok.apply_chat_template(
+        prompts[1].messages, tools=prompts[1].tools, tokenize=False, add_generation_prompt=True))
+    rewards = score_trajectories([t, bad, r], ["x"] * 3, RankRetriever({}, default=2), Config())
+    assert rewards[1].total == 0.0 and rewards[0].total > 0
+
+    chat = FailsOn(ScriptedChat({"q": [CALL, ANSWER], "bad": [ANSWER], "r": [ANSWER]}), "bad")
+    t, bad, r = run_rollouts(chat, prompts, [memory_tool] * 3, cfg(), progress=False)
+    assert t.parse_ok and r.parse_ok and bad.finish_reason == "error" and not bad.parse_ok
+
+
+def test_rollouts_raise_when_every_row_fails(tok):
+    policy = TokenFailsOn(ScriptedPolicy(tok, {"bad": [ANSWER]}), "bad")
+    with pytest.raises(RuntimeError, match="every one of 2 rollouts failed") as err:
+        run_rollouts(policy, [build_prompt("mrrec", "bad")] * 2, [memory_tool] * 2, cfg(), progress=False)
+    assert isinstance(err.value.__cause__, ConnectionError)
+
+
 def test_trajectory_roundtrip(tok, tmp_path):
     policy = ScriptedPolicy(tok, {"q": [CALL, ANSWER + "<|im_end|>"]})
     trajs = run_rollouts(policy, [build_prompt("mrrec", "q")], [memory_tool], cfg(), progress=False)

@@ -126,8 +126,8 @@ def _finish(state: _State, ids_known: bool) -> Trajectory:
         tool_calls=state.calls,
         n_tool_calls=n_ok,
         n_invalid_calls=len(state.calls) - n_ok,
-        parse_ok=answer.ok,
-        parse_error=answer.error,
+        parse_ok=answer.ok and state.finish != "error",
+        parse_error=state.last_text if state.finish == "error" else answer.error,
         profile=answer.profile,
         memory_ids=answer.memory_ids,
         final_text=strip_tool_calls(state.last_text),
@@ -307,7 +307,8 @@ def run_rollouts(
     A `policy` with `generate_ids` runs at token level: with `cfg.rollout_engine == "kv"` (and a policy that has
     an `engine`) every prompt goes to the continuous-batching KV engine, else in turn-synchronous batches; anything
     else is treated as a `ChatLLM`.
-    Sampling is seeded per batch and turn from `seed` (default `cfg.seed`).
+    Sampling is seeded per batch and turn from `seed` (default `cfg.seed`). A row whose decoding raises is
+    finished as an error (`_run_isolated`) and the others go on.
     """
     if len(tools) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(tools)} tools")
@@ -318,26 +319,74 @@ def run_rollouts(
     engine = token_level and cfg.rollout_engine == "kv" and hasattr(policy, "engine")
     bs = max(1, len(prompts) if engine else cfg.rollout_batch_size)
     trajs: list[Trajectory] = []
+    failures: list[Exception] = []
     bar = tqdm(total=len(prompts), desc="rollouts", disable=not progress)
     for start in range(0, len(prompts), bs):
-        states = [
-            _State(prompt=p, tool=t, qid=q, sample=k, messages=[dict(m) for m in p.messages])
-            for p, t, q, k in zip(
-                prompts[start : start + bs],
-                tools[start : start + bs],
-                qids[start : start + bs],
-                samples[start : start + bs],
-                strict=True,
-            )
-        ]
-        batch_seed = seed + 7919 * (start // bs)
-        if engine:
-            _run_token_engine(policy, states, cfg, batch_seed)
-        elif token_level:
-            _run_token_batch(policy, states, cfg, batch_seed)
-        else:
-            _run_text_batch(policy, states, cfg, batch_seed)
+        part = slice(start, start + bs)
+        rows = list(zip(prompts[part], tools[part], qids[part], samples[part], strict=True))
+        states = _run_isolated(policy, rows, cfg, seed + 7919 * (start // bs), engine, token_level, failures)
         trajs += [_finish(s, token_level) for s in states]
         bar.update(len(states))
     bar.close()
+    if failures and len(failures) == len(prompts):
+        raise RuntimeError(f"every one of {len(prompts)} rollouts failed") from failures[0]
     return trajs
+
+
+def _new_states(rows: Sequence[tuple[Prompt, ToolFn | None, str, int]]) -> list[_State]:
+    return [_State(prompt=p, tool=t, qid=q, sample=k, messages=[dict(m) for m in p.messages]) for p, t, q, k in rows]
+
+
+def _run_isolated(
+    policy: Any,
+    rows: Sequence[tuple[Prompt, ToolFn | None, str, int]],
+    cfg: Any,
+    seed: int,
+    engine: bool,
+    token_level: bool,
+    failures: list[Exception],
+) -> list[_State]:
+    """Run one batch; if it raises, rerun its rows one by one and finish those that fail again as errors.
+
+    Why: an engine or server error on one row (an HTTP 500, a row whose context overflows the model) must not
+    stop an evaluation of hundreds of requests or a GRPO step. A failed row ends with `finish_reason` "error"
+    and an unparseable answer, so it is scored and counted as malformed; the error is printed. If every row
+    of a call fails, `run_rollouts` raises: that is a bug or a dead backend, not one bad row.
+    """
+    run = _run_token_engine if engine else _run_token_batch if token_level else _run_text_batch
+    states = _new_states(rows)
+    try:
+        run(policy, states, cfg, seed)
+        return states
+    except Exception as e:  # noqa: BLE001 - retried row by row below; errors are reported, not hidden
+        if len(rows) == 1:
+            return [_failed(policy, _new_states(rows)[0], e, failures)]
+    out = []
+    for row in rows:
+        (state,) = _new_states([row])
+        try:
+            run(policy, [state], cfg, seed)
+        except Exception as e:  # noqa: BLE001 - this row alone fails: it is finished as malformed
+            state = _failed(policy, _new_states([row])[0], e, failures)
+        out.append(state)
+    return out
+
+
+def _failed(policy: Any, state: _State, error: Exception, failures: list[Exception]) -> _State:
+    """A row that failed alone: no answer, and for token policies one end-of-turn token outside the loss mask,
+    so GRPO scores it 0 without training on it."""
+    failures.append(error)
+    tqdm.write(f"rollout {state.qid} (sample {state.sample}) failed: {type(error).__name__}: {error}")
+    state.done, state.finish = True, "error"
+    state.last_text = f"rollout failed: {type(error).__name__}: {error}"
+    tok = getattr(policy, "tokenizer", None)
+    if hasattr(policy, "generate_ids") and tok is not None:
+        try:
+            text = tok.apply_chat_template(
+                state.messages, tools=state.prompt.tools, tokenize=False, add_generation_prompt=True
+            )
+            state.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+            state.ids, state.mask = [end_of_turn_id(tok)], [0]
+        except Exception:  # noqa: BLE001 - the row stays without ids; the error above is what is reported
+            state.prompt_ids = []
+    return state
