@@ -63,8 +63,10 @@ def _link_tree(src: Path, dst: Path) -> None:
         os.link(src, dst)
 
 
-def seed_from_donor(cfg: Config, paths: RunPaths, outputs: Path) -> tuple[str | None, list[str]]:
-    """Copy the longest matching finished stage prefix from another run into `paths`."""
+def seed_from_donor(
+    cfg: Config, paths: RunPaths, outputs: Path, last_stage: str | None = None
+) -> tuple[str | None, list[str]]:
+    """Copy the longest matching finished stage prefix (up to `last_stage`, if given) from another run into `paths`."""
     if stages.read_records(paths):
         return None, []
     best: tuple[RunPaths | None, list[str]] = (None, [])
@@ -72,7 +74,7 @@ def seed_from_donor(cfg: Config, paths: RunPaths, outputs: Path) -> tuple[str | 
         if folder == paths.root or not (folder / "stages.json").exists():
             continue
         donor = RunPaths(folder)
-        prefix = _matching_prefix(cfg, donor)
+        prefix = [st for st in _matching_prefix(cfg, donor) if last_stage is None or st <= last_stage]
         if len(prefix) > len(best[1]):
             best = (donor, prefix)
     donor, prefix = best

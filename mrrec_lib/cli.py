@@ -50,9 +50,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mrrec_lib.evaluate_run import evaluate_run
 
     paths = evaluate_run(
-        args.run, args.file, overrides=_parse_sets(args.set), run_name=args.run_name, log_output=args.verbose
+        args.run,
+        args.file,
+        overrides=_parse_sets(args.set),
+        run_name=args.run_name,
+        log_output=args.verbose,
+        share=args.share,
     )
     print(f"run folder: {paths.root}")
+    if args.record:
+        from mrrec_lib.results import record_run
+
+        print(f"record: {record_run(paths.root, args.results_dir, command=args.command_line)}")
     return 0
 
 
@@ -178,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-p", "--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
     v.add_argument("--run-name", help="output folder name (default: <trained run>-on-<first -f file's stem>)")
     v.add_argument("-v", "--verbose", action="store_true", help="stream notebook output to the terminal")
+    v.add_argument(
+        "--share",
+        action="store_true",
+        help="first hard-link stages 01/02 of a run under outputs_dir with the same data and memory hashes (e.g. "
+        "the trained run itself, when only inference keys change), so only stage 05 runs",
+    )
+    v.add_argument("--record", action="store_true", help="after the run succeeds, record it (as `mrrec record`)")
+    v.add_argument("--results-dir", default="results", help="where --record writes <run name>/ (default: results)")
     v.set_defaults(func=_cmd_evaluate)
 
     a = sub.add_parser(

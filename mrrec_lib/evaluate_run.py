@@ -195,15 +195,24 @@ def evaluate_run(
     overrides: dict[str, Any] | None = None,
     run_name: str | None = None,
     log_output: bool = False,
+    share: bool = False,
 ) -> RunPaths:
     """Stages 01, 02 and 05 of a new run on `params`, evaluating `trained_run`'s policies; returns its folder.
 
+    `share` first hard-links stages 01/02 from a run under outputs_dir with the same data and memory hashes, so
+    a test-time change (e.g. no global memory in the prompt) costs only stage 05; never 03/04, which this run
+    must not hold.
     Current stages are skipped as in `mrrec run`; stage 05 reruns when a borrowed policy's stages reran.
     """
     plan = plan_evaluation(trained_run, params, overrides, run_name)
     for line in notes(plan):
         print(line)
     _, paths = runner.prepare_run(plan.files, plan.overrides)
+    if share:
+        from mrrec_lib.ablate import seed_from_donor
+
+        donor, shared = seed_from_donor(plan.cfg, paths, resolve(plan.cfg.outputs_dir), last_stage="02")
+        print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares its data and memory")
     record = provenance(plan)
     record_file = paths.root / EVALUATED_FROM
     if record_file.exists() and any(read_json(record_file).get(k) != record[k] for k in BORROWED):

@@ -69,6 +69,10 @@ def test_seed_from_donor_shares_matching_prefix_only(tmp_path):
     assert stages.is_current(paths, "03", abl) and not stages.is_current(paths, "04", abl)
     # A run that already has records is never overwritten by a donor.
     assert seed_from_donor(abl, paths, outputs) == (None, [])
+    # An evaluation run (`mrrec evaluate --share`) takes data and memory only, never a trained stage.
+    evaluation = RunPaths(outputs / "eval").ensure()
+    assert seed_from_donor(abl, evaluation, outputs, last_stage="02")[1] == ["01", "02"]
+    assert not (evaluation.models / "sft").exists() and not stages.is_current(evaluation, "03", abl)
 
 
 def test_flatten_metrics(tmp_path):
