@@ -139,7 +139,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"expected RUN:SYSTEM (a record under {args.results_dir}/ and one of its systems), got {spec!r}")
         sides.append((resolve(args.results_dir) / run, system))
     (a, sa), (b, sb) = sides
-    result = compare_records(a, sa, b, sb, tuple(args.metric))
+    result = compare_records(a, sa, b, sb, tuple(args.metric), subset=args.subset)
     print(format_comparison(result))
     if args.out:
         write_json(resolve(args.out), {"command": args.command_line, **result})
@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("a", help="RUN:SYSTEM, e.g. default-grpo-320:mrrec")
     d.add_argument("b", help="RUN:SYSTEM, e.g. default-sft-320:mrrec_sft")
     d.add_argument("--metric", nargs="+", default=["N@100", "R@100"])
+    d.add_argument(
+        "--subset",
+        default="all",
+        choices=["all", "no_overlap", "overlap"],
+        help="only requests that share no content word (no_overlap) or some (overlap) with the target's title",
+    )
     d.add_argument("--results-dir", default="results")
     d.add_argument("--out", default="", help="also write the result as JSON here")
     d.set_defaults(func=_cmd_compare)

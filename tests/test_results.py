@@ -338,3 +338,21 @@ def test_committed_sft_records_compare_on_their_shared_requests():
     )
     assert result["shared_requests"] == 60 and result["a"]["requests"] == 320
     assert all(t["diff"] == 0 and t["mean_a"] == t["mean_b"] for t in result["tests"])
+
+
+@pytest.mark.skipif(not (ROOT_RESULTS / "recr1-probe").is_dir(), reason="the committed Rec-R1 record is absent")
+def test_compare_on_the_no_overlap_subset_is_stage05s_subset_test():
+    """`--subset no_overlap` reproduces stage 05's own paired test on the requests sharing no word with the title."""
+    from mrrec_lib.results.compare import compare_records
+
+    rec = ROOT_RESULTS / "recr1-probe"
+    result = compare_records(rec, "recr1", rec, "query_dense", subset="no_overlap")
+    recorded = read_json(rec / "metrics" / "05_eval.json")["subsets"]["no_overlap"]
+    assert result["shared_requests"] == recorded["n_requests"] < result["a"]["requests"]
+    want = {t["metric"]: t for t in recorded["paired_tests"] if t["system"] == "query_dense"}
+    for t in result["tests"]:
+        for key in ("diff", "lo", "hi", "mdd", "n"):
+            assert t[key] == pytest.approx(want[t["metric"]][key]), key
+    assert result["shared_users"] == recorded["n_users"]
+    with pytest.raises(ValueError, match="unknown subset"):
+        compare_records(rec, "recr1", rec, "query_dense", subset="short")

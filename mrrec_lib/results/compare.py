@@ -25,6 +25,9 @@ from mrrec_lib.results.recompute import headline_column
 from mrrec_lib.runs import read_json
 
 _SAME_REQUEST = ("user_id", "target_item_id")
+# Request subsets a comparison can be restricted to, by the per-request `title_overlap` (content words shared with
+# the target's title): where the request already names the product, query-only retrieval reads the answer.
+SUBSETS = {"all": None, "no_overlap": lambda overlap: overlap == 0, "overlap": lambda overlap: overlap > 0}
 
 
 class IncomparableRecordsError(ValueError):
@@ -49,9 +52,16 @@ def _stage_hash(record: Path, stage: str) -> str:
 
 
 def compare_records(
-    a: str | Path, system_a: str, b: str | Path, system_b: str, metrics: tuple[str, ...] = PAIRED_METRICS
+    a: str | Path,
+    system_a: str,
+    b: str | Path,
+    system_b: str,
+    metrics: tuple[str, ...] = PAIRED_METRICS,
+    subset: str = "all",
 ) -> dict[str, Any]:
     """`system_a` of record `a` minus `system_b` of record `b` on the requests both scored, one test per metric.
+
+    `subset` keeps only the shared requests of one `SUBSETS` kind (e.g. `no_overlap`).
 
     Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
     """
@@ -75,6 +85,7 @@ def compare_records(
         differ = (ra.loc[common, col].astype(str) != rb.loc[common, col].astype(str)).sum()
         if differ:
             raise IncomparableRecordsError(f"{differ} shared request ids have a different {col} in the two records")
+    common = _subset(ra, common, subset, a)
     va = metrics_from_ranks(ra.loc[common, headline_column(ra, cfg_a)].to_numpy(dtype=float), cfg_a.eval_ks)
     vb = metrics_from_ranks(rb.loc[common, headline_column(rb, cfg_b)].to_numpy(dtype=float), cfg_b.eval_ks)
     unknown = [m for m in metrics if m not in va]
@@ -90,6 +101,7 @@ def compare_records(
     return {
         "a": {"record": a.name, "system": system_a, "requests": len(ra)},
         "b": {"record": b.name, "system": system_b, "requests": len(rb)},
+        "subset": subset,
         "shared_requests": len(common),
         "shared_users": len(set(users)),
         "setting": headline(cfg_a).column,
@@ -97,12 +109,27 @@ def compare_records(
     }
 
 
+def _subset(rows: pd.DataFrame, common: pd.Index, subset: str, record: Path) -> pd.Index:
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown subset {subset!r}; choose one of {sorted(SUBSETS)}")
+    keep = SUBSETS[subset]
+    if keep is None:
+        return common
+    if "title_overlap" not in rows.columns:
+        raise KeyError(f"{record}: per-request rows lack `title_overlap`, so subset {subset!r} cannot be formed")
+    chosen = common[keep(rows.loc[common, "title_overlap"].to_numpy())]
+    if len(chosen) == 0:
+        raise IncomparableRecordsError(f"no shared request is in subset {subset!r}")
+    return chosen
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     """Plain lines for the terminal: what was compared on what, then one line per metric."""
     a, b = result["a"], result["b"]
     lines = [
         f"{a['record']}:{a['system']} minus {b['record']}:{b['system']} on {result['shared_requests']} shared "
-        f"requests of {result['shared_users']} users (setting {result['setting']})"
+        f"requests of {result['shared_users']} users (setting {result['setting']}"
+        + (f", subset {result['subset']})" if result.get("subset", "all") != "all" else ")")
     ]
     for t in result["tests"]:
         lines.append(
