@@ -8,7 +8,8 @@ finished, because they will be by the time a later one starts, and a run whose s
 companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04.
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
-rough, so once the base run has measured a stage, that measurement sets the scale (`calibrate`).
+rough, so once the base run has measured a stage with the base params, that measurement sets the scale
+(`calibrate`).
 """
 
 from __future__ import annotations
@@ -48,13 +49,22 @@ def calibrate(est: float, est_base: float, measured: float | None) -> float:
     return measured * min(1.0, est / est_base) + max(0.0, est - est_base)
 
 
-def measured_seconds(run: str, outputs: Path, results: Path) -> dict[str, float]:
-    """Stage wall times the run recorded: from its committed record, else from its run folder."""
+def measured_seconds(run: str, outputs: Path, results: Path, hashes: Hashes | None = None) -> dict[str, float]:
+    """Stage wall times the run recorded: from its committed record, else from its run folder.
+
+    With `hashes`, only stages recorded under those config hashes count: a base record made with other params
+    (e.g. stage 05 with the no-LLM rows only, 160 s instead of hours) would otherwise price every ablation's
+    evaluation at a fraction of its cost.
+    """
     out: dict[str, float] = {}
     for folder in (outputs / run, results / run):  # the record, a complete run, wins
         f = folder / "stages.json"
         if f.exists():
-            out |= {s: float(r["seconds"]) for s, r in read_json(f).items() if r.get("seconds") is not None}
+            out |= {
+                s: float(r["seconds"])
+                for s, r in read_json(f).items()
+                if r.get("seconds") is not None and (hashes is None or r.get("hash") == hashes.get(s))
+            }
     return out
 
 
@@ -126,10 +136,11 @@ class CostModel:
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[Path, ...], dict[str, float]] = {}
+        self.base_hashes = stage_hashes(load_config(*self.base_files))
         self.refresh()
 
     def refresh(self) -> None:
-        self.measured = measured_seconds(self.base_run, self.outputs, self.results)
+        self.measured = measured_seconds(self.base_run, self.outputs, self.results, self.base_hashes)
 
     def _raw(self, files: tuple[Path, ...]) -> dict[str, float]:
         if files not in self._cache:

@@ -211,3 +211,7 @@ def test_measured_base_times_calibrate_the_plan(tmp_path, calls):
     abls = _study(tmp_path, deltas, dry_run=True)
     topk = next(a for a in abls if a.name == "topk_1")
     assert topk.stages_left == ("03", "04", "05") and topk.minutes_left == pytest.approx(5 * M)
+    records["04"]["hash"] = "f" * 16  # measured with other params: it no longer prices the plan
+    write_json(stages_file, records)
+    topk = next(a for a in _study(tmp_path, deltas, dry_run=True) if a.name == "topk_1")
+    assert topk.minutes_left == pytest.approx(3 * M)
