@@ -108,13 +108,19 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_readme(args: argparse.Namespace) -> int:
     from mrrec_lib.results import render_readme
+    from mrrec_lib.results.readme import render_table
     from mrrec_lib.runs import resolve
 
     readme = resolve(args.readme)
-    problems = render_readme(readme, resolve(args.results_dir), args.run)
-    print(f"{readme}: Table 1 rendered from {resolve(args.results_dir) / args.run}")
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+    if not args.run and not args.table:
+        raise ValueError("give --run (Table 1 of a record) and/or --table (a combined table spec)")
+    if args.run:
+        problems = render_readme(readme, resolve(args.results_dir), args.run)
+        print(f"{readme}: Table 1 rendered from {resolve(args.results_dir) / args.run}")
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+    for spec in args.table:
+        print(f"{readme}: table {render_table(readme, resolve(args.results_dir), resolve(spec))} rendered from {spec}")
     return 0
 
 
@@ -245,7 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_record)
 
     m = sub.add_parser("readme", help="render Table 1 of a record between the README's results markers")
-    m.add_argument("--run", required=True, help="the record's run name, e.g. default")
+    m.add_argument("--run", help="the record's run name, e.g. default")
+    m.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        help="a combined table spec (rows of several records on their shared requests), rendered between "
+        "<!-- results:table:<spec stem>:start/end --> (repeatable), e.g. results/tables/llm_320.yaml",
+    )
     m.add_argument("--results-dir", default="results")
     m.add_argument("--readme", default="README.md")
     m.set_defaults(func=_cmd_readme)

@@ -356,3 +356,41 @@ def test_compare_on_the_no_overlap_subset_is_stage05s_subset_test():
     assert result["shared_users"] == recorded["n_users"]
     with pytest.raises(ValueError, match="unknown subset"):
         compare_records(rec, "recr1", rec, "query_dense", subset="short")
+
+
+@pytest.mark.skipif(
+    not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-320", "default-grpo-probe", "recr1-probe")),
+    reason="the committed 320-request records are absent",
+)
+def test_combined_table_from_committed_records(tmp_path):
+    """Rows of three records side by side: each row is its record's own stage-05 cell, each Δ is `mrrec compare`."""
+    from mrrec_lib.results.combined import combined_table, read_spec
+    from mrrec_lib.results.compare import compare_records
+    from mrrec_lib.results.readme import render_table, table_markers
+
+    spec_file = ROOT_RESULTS / "tables" / "llm_320.yaml"
+    spec = read_spec(spec_file)
+    table, info = combined_table(spec, ROOT_RESULTS)
+    assert (info["requests"], info["users"]) == (320, 126) and len(table) == len(spec.rows)
+    dense = table.set_index("row").loc["default-sft-320:query_dense"]
+    recorded = read_json(ROOT_RESULTS / "default-sft-320" / "metrics" / "05_eval.json")["systems"]["query_dense"]
+    for part, key in (("mean", "N@100"), ("lo", "N@100_lo"), ("hi", "N@100_hi")):
+        assert dense[key] == pytest.approx(recorded["metrics"]["N@100"][part])
+    recr1 = table.set_index("row").loc["recr1-probe:recr1"]
+    direct = compare_records(
+        ROOT_RESULTS / "default-grpo-probe", "mrrec", ROOT_RESULTS / "recr1-probe", "recr1", ("N@100", "R@100")
+    )["tests"][0]
+    assert recr1["d_N@100"] == pytest.approx(direct["diff"]) and recr1["d_N@100_lo"] == pytest.approx(direct["lo"])
+    assert recr1["holm_N@100"] >= recr1["p_N@100"]  # adjusted over the table's six comparisons
+    assert combined_table(spec, ROOT_RESULTS, "no_overlap")[1]["requests"] == 75
+
+    start, end = table_markers(spec.name)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{start}\nold\n{end}\n")
+    render_table(readme, ROOT_RESULTS, spec_file)
+    text = readme.read_text()
+    assert "\nold\n" not in text and "320 requests from 126 users" in text and "75 requests from 59 users" in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: t\nrows: [a:x]\nreference: b:y\n")
+    with pytest.raises(ValueError, match="not one of the rows"):
+        read_spec(bad)

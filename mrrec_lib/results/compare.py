@@ -58,10 +58,12 @@ def compare_records(
     system_b: str,
     metrics: tuple[str, ...] = PAIRED_METRICS,
     subset: str = "all",
+    qids: pd.Index | None = None,
 ) -> dict[str, Any]:
     """`system_a` of record `a` minus `system_b` of record `b` on the requests both scored, one test per metric.
 
-    `subset` keeps only the shared requests of one `SUBSETS` kind (e.g. `no_overlap`).
+    `subset` keeps only the shared requests of one `SUBSETS` kind (e.g. `no_overlap`); `qids`, only those
+    requests (a combined table's common set), which both records must have scored.
 
     Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
     """
@@ -85,7 +87,12 @@ def compare_records(
         differ = (ra.loc[common, col].astype(str) != rb.loc[common, col].astype(str)).sum()
         if differ:
             raise IncomparableRecordsError(f"{differ} shared request ids have a different {col} in the two records")
-    common = _subset(ra, common, subset, a)
+    if qids is not None:
+        absent = qids.difference(common)
+        if len(absent):
+            raise IncomparableRecordsError(f"{len(absent)} requested ids were not scored by both records")
+        common = qids
+    common = select_subset(ra, common, subset, a)
     va = metrics_from_ranks(ra.loc[common, headline_column(ra, cfg_a)].to_numpy(dtype=float), cfg_a.eval_ks)
     vb = metrics_from_ranks(rb.loc[common, headline_column(rb, cfg_b)].to_numpy(dtype=float), cfg_b.eval_ks)
     unknown = [m for m in metrics if m not in va]
@@ -109,7 +116,8 @@ def compare_records(
     }
 
 
-def _subset(rows: pd.DataFrame, common: pd.Index, subset: str, record: Path) -> pd.Index:
+def select_subset(rows: pd.DataFrame, common: pd.Index, subset: str, record: Path) -> pd.Index:
+    """The ids of `common` in `subset`, judged by `rows` (per-request rows indexed by qid) of `record`."""
     if subset not in SUBSETS:
         raise ValueError(f"unknown subset {subset!r}; choose one of {sorted(SUBSETS)}")
     keep = SUBSETS[subset]

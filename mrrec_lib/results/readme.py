@@ -137,3 +137,21 @@ def render_readme(readme_path: str | Path, results_dir: str | Path, run: str) ->
     if new != text:
         atomic_write_text(readme, new)
     return problems
+
+
+def table_markers(name: str) -> tuple[str, str]:
+    """The README markers a combined table `name` (its spec file's stem) is rendered between."""
+    return f"<!-- results:table:{name}:start -->", f"<!-- results:table:{name}:end -->"
+
+
+def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: str | Path) -> str:
+    """Replace the block of combined table `spec_path` (`results.combined`) in `readme_path`; return its name."""
+    from mrrec_lib.results.combined import read_spec, table_markdown
+
+    readme, spec = Path(readme_path), read_spec(spec_path)
+    start, end = table_markers(spec.name)
+    text = readme.read_text()
+    new = _replace_block(text, start, end, table_markdown(spec, results_dir, readme.parent), f"{readme} ({spec.name})")
+    if new != text:
+        atomic_write_text(readme, new)
+    return spec.name

@@ -1,0 +1,157 @@
+"""One table from rows of several records that scored the same requests on the same pool.
+
+Why: on 2 CPU cores every LLM row is its own run (an SFT policy, a GRPO probe, Rec-R1, the zero-shot rows), each
+recorded on the same seeded test requests. A reader wants them side by side, with each row's CI and its paired
+difference from one reference row, computed from the committed per-request rows and never typed. The table spec is
+a small YAML file (rows as RUN:SYSTEM, a reference, subsets), so the README block can be re-rendered at any time.
+
+Every row is restricted to the requests all rows share; each row's mean and CI are computed as stage 05 does
+(`recompute.metric_cells`, the row's own record config for seed and draws), and each paired test is
+`compare.compare_records` against the reference, which refuses rows from another pool, request set or headline
+rule. Holm's correction runs over the table's rows (one family per metric and subset).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mrrec_lib.eval.stats import holm
+from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
+from mrrec_lib.results.compare import SUBSETS, compare_records, select_subset
+from mrrec_lib.results.layout import read_config, read_eval_metrics, read_per_query
+from mrrec_lib.results.recompute import headline_column, metric_cells
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a combined table shows: `rows` and `reference` as (record name, system), metrics and subsets."""
+
+    name: str
+    title: str
+    rows: list[tuple[str, str]]
+    reference: tuple[str, str]
+    metrics: list[str]
+    subsets: list[str]
+
+
+def _pair(spec: str, where: str) -> tuple[str, str]:
+    run, sep, system = str(spec).partition(":")
+    if not sep or not run or not system:
+        raise ValueError(f"{where}: expected RUN:SYSTEM, got {spec!r}")
+    return run, system
+
+
+def read_spec(path: str | Path) -> TableSpec:
+    """A table spec YAML: `title`, `rows` (RUN:SYSTEM list), `reference` (one of them), `metrics`, `subsets`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table spec not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in ("title", "rows", "reference") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    rows = [_pair(r, str(path)) for r in data["rows"]]
+    reference = _pair(data["reference"], str(path))
+    if reference not in rows:
+        raise ValueError(f"{path}: reference {data['reference']!r} is not one of the rows")
+    subsets = list(data.get("subsets", ["all"]))
+    unknown = [s for s in subsets if s not in SUBSETS]
+    if unknown:
+        raise ValueError(f"{path}: unknown subset(s) {unknown}; choose from {sorted(SUBSETS)}")
+    return TableSpec(path.stem, str(data["title"]), rows, reference, list(data.get("metrics", ["N@100", "R@100"])), subsets)
+
+
+def _row_label(record: Path, system: str) -> str:
+    meta = read_eval_metrics(record).get("systems", {}).get(system, {})
+    return str(meta.get("method") or system)
+
+
+def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per spec row on the requests every row shares (within `subset`): mean [CI] per metric, the
+    malformed share and tool calls, and the paired difference from the reference with its CI, Holm p and MDD."""
+    results = Path(results_dir)
+    per_row, qids = [], None
+    for run, system in spec.rows:
+        record = results / run
+        rows = read_per_query(record)
+        mine = rows[rows["system"] == system].set_index("qid")
+        if mine.empty:
+            raise KeyError(f"{record}: no per-request rows for system {system!r}")
+        per_row.append((record, system, mine))
+        qids = mine.index if qids is None else qids.intersection(mine.index)
+    ref_record = results / spec.reference[0]
+    shared = select_subset(per_row[spec.rows.index(spec.reference)][2], qids, subset, ref_record)
+    out = []
+    for record, system, mine in per_row:
+        cfg = read_config(record)
+        df = mine.loc[shared].reset_index()
+        cells = metric_cells(df, headline_column(df, cfg), cfg)
+        row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": _row_label(record, system)}
+        for m in spec.metrics:
+            row.update({m: cells[m], f"{m}_lo": cells[f"{m}_lo"], f"{m}_hi": cells[f"{m}_hi"]})
+        row["malformed_rate"] = float(df["malformed"].mean()) if "malformed" in df else float("nan")
+        row["tool_calls"] = float(df["tool_calls"].mean()) if "tool_calls" in df else float("nan")
+        if (record.name, system) != spec.reference:
+            result = compare_records(
+                ref_record, spec.reference[1], record, system, tuple(spec.metrics), subset=subset, qids=shared
+            )
+            for t in result["tests"]:
+                m = t["metric"]
+                row.update({f"d_{m}": t["diff"], f"d_{m}_lo": t["lo"], f"d_{m}_hi": t["hi"]})
+                row.update({f"p_{m}": t["p_permutation"], f"mdd_{m}": t["mdd"]})
+        out.append(row)
+    table = pd.DataFrame(out)
+    for m in spec.metrics:
+        tested = table[f"p_{m}"].notna() if f"p_{m}" in table else pd.Series(False, index=table.index)
+        table[f"holm_{m}"] = float("nan")
+        if tested.any():
+            table.loc[tested, f"holm_{m}"] = holm(table.loc[tested, f"p_{m}"].tolist())
+    users = per_row[0][2].loc[shared, "user_id"].nunique()
+    return table, {"subset": subset, "requests": len(shared), "users": int(users)}
+
+
+def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) -> str:
+    """The Markdown block: provenance line, then one table per subset (reference row first in bold)."""
+    results = Path(results_dir)
+    links = ", ".join(
+        f"[`{run}`]({Path(os.path.relpath(results / run, link_base)).as_posix()}/)"
+        for run in dict.fromkeys(r for r, _ in spec.rows)
+    )
+    ref = f"{spec.reference[0]}:{spec.reference[1]}"
+    lines = [
+        f"{spec.title} Rendered by `mrrec readme --table results/tables/{spec.name}.yaml` from the per-request rows of "
+        f"{links}: mean [95% CI, users resampled]; Δ = reference (`{ref}`) minus the row, paired by request "
+        "(user-cluster bootstrap CI), sign-flip p Holm-adjusted over the rows, MDD at 80% power.",
+    ]
+    for subset in spec.subsets:
+        table, info = combined_table(spec, results, subset)
+        what = "all shared requests" if subset == "all" else f"subset `{subset}`"
+        lines += ["", f"{what}: {info['requests']} requests from {info['users']} users", ""]
+        lines.append(to_markdown(_display(table, spec)).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    rows = []
+    for r in table.to_dict("records"):
+        reference = r["row"] == f"{spec.reference[0]}:{spec.reference[1]}"
+        row = {"System": f"**{r['label']}** (reference)" if reference else r["label"], "Record": f"`{r['row']}`"}
+        for m in spec.metrics:
+            row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+        m = spec.metrics[0]
+        row[f"Δ {m} [CI]"] = "—" if reference else _signed_ci(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"])
+        row["Holm p"] = "—" if reference else fmt(r[f"holm_{m}"], ".3f")
+        row["MDD"] = "—" if reference else fmt(r[f"mdd_{m}"], ".3f")
+        row["Malformed"] = fmt(r["malformed_rate"], ".0%")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _signed_ci(d: float, lo: float, hi: float) -> str:
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
