@@ -359,7 +359,7 @@ def test_compare_on_the_no_overlap_subset_is_stage05s_subset_test():
 
 
 @pytest.mark.skipif(
-    not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-320", "default-grpo-probe", "recr1-probe")),
+    not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-320", "default-grpo-probe", "recr1-probe", "default-zeroshot-320")),
     reason="the committed 320-request records are absent",
 )
 def test_combined_table_from_committed_records(tmp_path):

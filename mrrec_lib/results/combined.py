@@ -67,9 +67,10 @@ def read_spec(path: str | Path) -> TableSpec:
     return TableSpec(path.stem, str(data["title"]), rows, reference, list(data.get("metrics", ["N@100", "R@100"])), subsets)
 
 
-def _row_label(record: Path, system: str) -> str:
+def _row_label(record: Path, system: str) -> tuple[str, str]:
+    """Stage 05's method label and memory kind of a system (the zero-shot rows differ only in memory)."""
     meta = read_eval_metrics(record).get("systems", {}).get(system, {})
-    return str(meta.get("method") or system)
+    return str(meta.get("method") or system), str(meta.get("memory") or "")
 
 
 def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all") -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -92,7 +93,8 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         cfg = read_config(record)
         df = mine.loc[shared].reset_index()
         cells = metric_cells(df, headline_column(df, cfg), cfg)
-        row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": _row_label(record, system)}
+        label, memory = _row_label(record, system)
+        row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": label, "memory": memory}
         for m in spec.metrics:
             row.update({m: cells[m], f"{m}_lo": cells[f"{m}_lo"], f"{m}_hi": cells[f"{m}_hi"]})
         row["malformed_rate"] = float(df["malformed"].mean()) if "malformed" in df else float("nan")
@@ -141,7 +143,11 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     rows = []
     for r in table.to_dict("records"):
         reference = r["row"] == f"{spec.reference[0]}:{spec.reference[1]}"
-        row = {"System": f"**{r['label']}** (reference)" if reference else r["label"], "Record": f"`{r['row']}`"}
+        row = {
+            "System": f"**{r['label']}** (reference)" if reference else r["label"],
+            "Memory": r["memory"],
+            "Record": f"`{r['row']}`",
+        }
         for m in spec.metrics:
             row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         m = spec.metrics[0]
