@@ -2,7 +2,7 @@
 
 The run goes into a temporary outputs folder; each stage's test then reads back
 the metrics JSON the notebook recorded, so a notebook that silently stops
-recording (or records nonsense) fails here. The whole test suite took 12.6 minutes on an
+recording (or records nonsense) fails here. The whole test suite took 10.2 minutes on an
 idle 2-core machine (README), so every stage runs in `make test`.
 """
 
