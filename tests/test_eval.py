@@ -642,3 +642,16 @@ def test_pool_curve_of_every_row_ends_at_the_table_number(tmp_path):
     end = curve[(curve["fraction"] == 1.0) & (curve["metric"] == "N@10")].set_index("system")["mean"]
     table = report.system_summary(res).set_index("system")["N@10"]
     assert end.to_dict() == pytest.approx(table.to_dict())
+
+
+def test_memory_label_names_the_memory_an_mrrec_row_was_given():
+    from mrrec_lib.eval.systems import SYSTEMS, memory_label
+
+    mrrec, template = SYSTEMS["mrrec"], SYSTEMS["template_mrrec"]
+    assert memory_label(mrrec, Config()) == "hierarchical + reasoning"
+    assert memory_label(mrrec, Config(local_memory=False)) == "global + reasoning"
+    assert memory_label(mrrec, Config(global_memory=False)) == "local (record, pattern, profile) + reasoning"
+    assert memory_label(mrrec, Config(memory_levels=["pattern"])) == "local (pattern) + global + reasoning"
+    assert memory_label(mrrec, Config(local_memory=False, global_memory=False)) == "no memory + reasoning"
+    assert memory_label(template, Config(local_memory=False)) == "hierarchical, scripted lookups"
+    assert memory_label(SYSTEMS["zeroshot_naive"], Config()) == "naive (recent 10)"

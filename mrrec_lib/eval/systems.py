@@ -108,15 +108,27 @@ def method_label(spec: SystemSpec, cfg: Config, kept_start: str | None = None) -
 
 
 def memory_label(spec: SystemSpec, cfg: Config) -> str:
-    """The Table 1 'memory' column."""
+    """The Table 1 'memory' column: for MR.Rec rows, the memory the policy was given in this run, so an ablation
+    (trained, or applied at test time by `mrrec evaluate`) is never labelled as the full hierarchy."""
     if spec.kind == "template" and spec.memory == "mrrec":
         return "hierarchical, scripted lookups"
+    if spec.memory == "mrrec":
+        return f"{_mrrec_memory(cfg)} + reasoning"
     return {
         "none": "none",
         "naive": f"naive (recent {cfg.naive_memory_n})",
         "static": "static profile",
-        "mrrec": "hierarchical + reasoning",
     }[spec.memory]
+
+
+def _mrrec_memory(cfg: Config) -> str:
+    full = list(Config.model_fields["memory_levels"].default)
+    local = cfg.local_memory and bool(cfg.memory_levels)
+    if local and cfg.global_memory and list(cfg.memory_levels) == full:
+        return "hierarchical"
+    parts = [f"local ({', '.join(cfg.memory_levels)})" if local else "", "global" if cfg.global_memory else ""]
+    named = [p for p in parts if p]
+    return " + ".join(named) if named else "no memory"
 
 
 @dataclass
