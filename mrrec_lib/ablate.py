@@ -96,6 +96,12 @@ def seed_from_donor(
     return donor.root.name, prefix
 
 
+def share_finished_stages(cfg: Config, paths: RunPaths, last_stage: str | None = None) -> None:
+    """`seed_from_donor` from the runs beside this one (under outputs_dir), saying what was shared (`--share`)."""
+    donor, shared = seed_from_donor(cfg, paths, resolve(cfg.outputs_dir), last_stage)
+    print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares a finished stage")
+
+
 def run_one(base: Path, delta: Path | None, only: str | None, outputs: Path) -> dict:
     """Seed the run from a donor, run its stages; the outcome as a dict (status "ok" or "failed", never raised)."""
     name = delta.stem if delta else "base"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -31,19 +32,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["run_name"] = args.run_name
     files = [args.params, *args.file]
     if args.share:
-        from mrrec_lib.ablate import seed_from_donor
-        from mrrec_lib.runs import resolve
+        from mrrec_lib.ablate import share_finished_stages
 
-        cfg, paths = runner.prepare_run(files, overrides)
-        donor, shared = seed_from_donor(cfg, paths, resolve(cfg.outputs_dir))
-        print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares a finished stage")
+        share_finished_stages(*runner.prepare_run(files, overrides))
     paths = runner.run(files, only=args.only, overrides=overrides, force=args.force, log_output=args.verbose)
     print(f"run folder: {paths.root}")
+    _record_if_asked(args, paths.root)
+    return 0
+
+
+def _add_record_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--record", action="store_true", help="after the run succeeds, record it (as `mrrec record`)")
+    parser.add_argument("--results-dir", default="results", help="where --record writes <run name>/ (default: results)")
+
+
+def _record_if_asked(args: argparse.Namespace, run_dir: Path) -> None:
     if args.record:
         from mrrec_lib.results import record_run
 
-        print(f"record: {record_run(paths.root, args.results_dir, command=args.command_line)}")
-    return 0
+        print(f"record: {record_run(run_dir, args.results_dir, command=args.command_line)}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -58,10 +65,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         share=args.share,
     )
     print(f"run folder: {paths.root}")
-    if args.record:
-        from mrrec_lib.results import record_run
-
-        print(f"record: {record_run(paths.root, args.results_dir, command=args.command_line)}")
+    _record_if_asked(args, paths.root)
     return 0
 
 
@@ -171,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first hard-link the finished stages of the run under outputs_dir that shares the longest prefix of "
         "stage config hashes (as `mrrec ablate` does), so a delta run only computes what differs",
     )
-    r.add_argument("--record", action="store_true", help="after the run succeeds, record it (as `mrrec record`)")
-    r.add_argument("--results-dir", default="results", help="where --record writes <run name>/ (default: results)")
+    _add_record_args(r)
     r.set_defaults(func=_cmd_run)
 
     v = sub.add_parser(
@@ -199,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first hard-link stages 01/02 of a run under outputs_dir with the same data and memory hashes (e.g. "
         "the trained run itself, when only inference keys change), so only stage 05 runs",
     )
-    v.add_argument("--record", action="store_true", help="after the run succeeds, record it (as `mrrec record`)")
-    v.add_argument("--results-dir", default="results", help="where --record writes <run name>/ (default: results)")
+    _add_record_args(v)
     v.set_defaults(func=_cmd_evaluate)
 
     a = sub.add_parser(

@@ -209,10 +209,9 @@ def evaluate_run(
         print(line)
     _, paths = runner.prepare_run(plan.files, plan.overrides)
     if share:
-        from mrrec_lib.ablate import seed_from_donor
+        from mrrec_lib.ablate import share_finished_stages
 
-        donor, shared = seed_from_donor(plan.cfg, paths, resolve(plan.cfg.outputs_dir), last_stage="02")
-        print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares its data and memory")
+        share_finished_stages(plan.cfg, paths, last_stage="02")
     record = provenance(plan)
     record_file = paths.root / EVALUATED_FROM
     if record_file.exists() and any(read_json(record_file).get(k) != record[k] for k in BORROWED):

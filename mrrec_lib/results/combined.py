@@ -100,9 +100,7 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         row["malformed_rate"] = float(df["malformed"].mean()) if "malformed" in df else float("nan")
         row["tool_calls"] = float(df["tool_calls"].mean()) if "tool_calls" in df else float("nan")
         if (record.name, system) != spec.reference:
-            result = compare_records(
-                ref_record, spec.reference[1], record, system, tuple(spec.metrics), subset=subset, qids=shared
-            )
+            result = compare_records(ref_record, spec.reference[1], record, system, tuple(spec.metrics), qids=shared)
             for t in result["tests"]:
                 m = t["metric"]
                 row.update({f"d_{m}": t["diff"], f"d_{m}_lo": t["lo"], f"d_{m}_hi": t["hi"]})
