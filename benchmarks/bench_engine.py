@@ -4,15 +4,12 @@ Loads a trained policy of a finished run (default: the SFT policy of `outputs/de
 first `--queries` test requests of that run, and rolls the policy out greedily (evaluation's decoding: up to
 `max_tool_calls` memory calls) once per setting `engine[:batch]`: `generate` is the turn-synchronous
 reference (one HF generate() per turn, the whole conversation re-encoded each turn), `kv` the continuous-batching
-KV engine with the same weights; an optional second field sets the batch (`kv:16`); `llamacpp:<weights>` decodes on
-llama.cpp (`decode_engine: llamacpp`) with the weights converted to GGUF f32 / f16 / bf16 / q8_0. Agreement is measured
+KV engine with the same weights; an optional second field sets the batch (`kv:16`). Agreement is measured
 against the first setting: identical completion ids, identical parsed profile. Writes `benchmarks/rollout.json`
 (`before` = the first setting, `after` = the others) with the load average and the command.
 
     .venv/bin/python benchmarks/bench_engine.py --run outputs/default-sft-subset --queries 16 \\
         --settings generate kv kv:16
-    .venv/bin/python benchmarks/bench_engine.py --queries 16 --settings kv llamacpp:f32 llamacpp:f16 llamacpp:q8_0 \\
-        --out benchmarks/llamacpp.json
 """
 
 from __future__ import annotations
@@ -65,7 +62,7 @@ def main() -> None:
 
     import torch
 
-    from mrrec_lib.agent.policy import decoding_model, decoding_policy
+    from mrrec_lib.agent.policy import LocalPolicy, decoding_model
     from mrrec_lib.config import load_config
     from mrrec_lib.data.schema import read_table
     from mrrec_lib.memory.store import MemoryStore
@@ -82,18 +79,11 @@ def main() -> None:
 
     results, reference = {}, None
     for setting in args.settings:
-        engine, *extra = setting.split(":")
-        if engine == "llamacpp":
-            update = {"decode_engine": "llamacpp", "decode_llamacpp_weights": (extra or ["f16"])[0]}
-        else:
-            update = {"rollout_engine": engine, "rollout_batch_size": int((extra or [args.batch])[0])}
-        cfg = base.model_copy(update=update)
+        engine, *batch = setting.split(":")
+        cfg = base.model_copy(update={"rollout_engine": engine, "rollout_batch_size": int((batch or [args.batch])[0])})
         model, tok = load_policy(cfg, paths, args.policy)
-        start = time.perf_counter()
-        policy = decoding_policy(decoding_model(model), tok, cfg)
-        prepare = time.perf_counter() - start
+        policy = LocalPolicy.for_model(decoding_model(model), tok, cfg)
         block, trajs = _measure(policy, cfg, queries, store)
-        block["prepare_seconds"] = round(prepare, 1)  # GGUF export (cached by content) for llamacpp
         if reference is None:
             reference = trajs
         else:

@@ -145,9 +145,6 @@ class Config(BaseModel):
     reward_retrieval_weight: float = 5.0
     reward_memory_weight: float = 0.1
     malformed_retrieval: Literal["zero", "raw_text"] = "zero"
-    decode_engine: Literal["transformers", "llamacpp"] = "transformers"  # greedy decoding of eval/validation/assistant; llamacpp: pip install -e '.[llamacpp]'
-    decode_llamacpp_weights: Literal["f32", "f16", "bf16", "q8_0"] = "f16"  # GGUF weight type the trained policy is converted to
-    decode_llamacpp_slot_ctx: int = 4096  # tokens of context per llama.cpp slot (one slot per rollout_batch_size row)
     decode_no_repeat_ngram: int = 10  # greedy policy decoding (validation, eval, assistant): no self-generated n-gram twice; 0: off
 
     # ---- SFT warm-up (stage 03) -------------------------------------------------------

@@ -8,7 +8,6 @@ left-padded and generated together, and each row is cut at its own stop
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -186,18 +185,3 @@ class LocalPolicy:
             **sampling,
         )
         return [row[width:].tolist() for row in out.cpu()]
-
-
-def decoding_policy(model: Any, tokenizer: Any, cfg: Any) -> Any:
-    """The `TokenPolicy` evaluation, validation and the assistant decode with, on the engine `cfg.decode_engine` names.
-
-    llama.cpp needs the weights merged; a model still in training (a PEFT adapter) is merged in a copy, so its
-    adapter keeps training.
-    """
-    if cfg.decode_engine == "llamacpp":
-        from mrrec_lib.agent.llamacpp import LlamaCppPolicy
-
-        if hasattr(model, "merge_and_unload"):
-            model = copy.deepcopy(model).merge_and_unload()
-        return LlamaCppPolicy.for_model(model, tokenizer, cfg)
-    return LocalPolicy.for_model(model, tokenizer, cfg)

@@ -316,7 +316,7 @@ def run_rollouts(
     samples = list(samples) if samples is not None else [0] * len(prompts)
     seed = cfg.seed if seed is None else seed
     token_level = hasattr(policy, "generate_ids")
-    engine = token_level and hasattr(policy, "engine") and (cfg.rollout_engine == "kv" or cfg.decode_engine == "llamacpp")
+    engine = token_level and cfg.rollout_engine == "kv" and hasattr(policy, "engine")
     bs = max(1, len(prompts) if engine else cfg.rollout_batch_size)
     trajs: list[Trajectory] = []
     failures: list[Exception] = []

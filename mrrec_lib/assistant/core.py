@@ -160,12 +160,12 @@ class Assistant:
     def policy(self) -> Any:
         """The policy, loaded on first use (its load time is `load_seconds`, kept out of request latency)."""
         if self._policy is None:
-            from mrrec_lib.agent.policy import decoding_model, decoding_policy
+            from mrrec_lib.agent.policy import LocalPolicy, decoding_model
             from mrrec_lib.train.checkpoints import load_policy
 
             start = time.perf_counter()
             model, tokenizer = load_policy(self.cfg, self.paths, self.policy_name)
-            self._policy = decoding_policy(decoding_model(model), tokenizer, self.cfg)
+            self._policy = LocalPolicy.for_model(decoding_model(model), tokenizer, self.cfg)
             self.load_seconds = time.perf_counter() - start
         return self._policy
 

@@ -261,11 +261,11 @@ class EvalContext:
         """A `TokenPolicy` for a trained checkpoint (sft / grpo / recr1), loaded once."""
         if which not in self._policies:
             self.policy_dir(which)
-            from mrrec_lib.agent.policy import decoding_model, decoding_policy
+            from mrrec_lib.agent.policy import LocalPolicy, decoding_model
             from mrrec_lib.train.checkpoints import load_policy
 
             model, tokenizer = load_policy(self.cfg, self.policy_paths(which), which)
-            self._policies[which] = decoding_policy(decoding_model(model), tokenizer, self.cfg)
+            self._policies[which] = LocalPolicy.for_model(decoding_model(model), tokenizer, self.cfg)
         return self._policies[which]
 
     def release(self, which: str) -> None:

@@ -55,13 +55,13 @@ def evaluate_policy(
     model: Any, tokenizer: Any, cfg: Config, store: Any, retriever: Any, queries: pd.DataFrame, progress: bool = False
 ) -> dict[str, Any]:
     """Greedy rollouts of (model, tokenizer) on `queries`, summarised; the model is left in eval mode."""
-    from mrrec_lib.agent.policy import decoding_policy
+    from mrrec_lib.agent.policy import LocalPolicy
     from mrrec_lib.agent.run import run_policy_on_queries
 
     model.eval()
     trajs, rewards = run_policy_on_queries(
         queries,
-        decoding_policy(model, tokenizer, cfg),
+        LocalPolicy.for_model(model, tokenizer, cfg),
         greedy(cfg),
         store=store,
         retriever=retriever,
