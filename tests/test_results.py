@@ -394,3 +394,19 @@ def test_combined_table_from_committed_records(tmp_path):
     bad.write_text("title: t\nrows: [a:x]\nreference: b:y\n")
     with pytest.raises(ValueError, match="not one of the rows"):
         read_spec(bad)
+
+
+def test_combined_table_names_what_each_test_time_row_changed(tmp_path):
+    """`setting_keys`: a row shows the keys its record's config changes against the reference record's."""
+    from mrrec_lib.results.combined import combined_table, read_spec
+
+    spec = read_spec(ROOT_RESULTS / "tables" / "probe_testtime.yaml")
+    table, _ = combined_table(spec, ROOT_RESULTS)
+    setting = dict(zip(table["row"], table["setting"], strict=True))
+    assert setting["default-grpo-probe-on-topk_1:mrrec"] == "memory_top_k=1"
+    assert setting["default-grpo-probe-on-no_local_memory:mrrec"] == "local_memory=False"
+    assert setting["default-grpo-probe:mrrec"] == "—"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: t\nrows: [a:x]\nreference: a:x\nsetting_keys: [no_such_key]\n")
+    with pytest.raises(ValueError, match="not config keys"):
+        read_spec(bad)

@@ -14,13 +14,14 @@ rule. Holm's correction runs over the table's rows (one family per metric and su
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from mrrec_lib.config import FIELDS
 from mrrec_lib.eval.stats import holm
 from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
 from mrrec_lib.results.compare import SUBSETS, compare_records, select_subset
@@ -38,6 +39,7 @@ class TableSpec:
     reference: tuple[str, str]
     metrics: list[str]
     subsets: list[str]
+    setting_keys: list[str] = field(default_factory=list)  # config keys shown where a row's record differs from the reference's
 
 
 def _pair(spec: str, where: str) -> tuple[str, str]:
@@ -64,7 +66,17 @@ def read_spec(path: str | Path) -> TableSpec:
     unknown = [s for s in subsets if s not in SUBSETS]
     if unknown:
         raise ValueError(f"{path}: unknown subset(s) {unknown}; choose from {sorted(SUBSETS)}")
-    return TableSpec(path.stem, str(data["title"]), rows, reference, list(data.get("metrics", ["N@100", "R@100"])), subsets)
+    keys = list(data.get("setting_keys", []))
+    unknown_keys = [k for k in keys if k not in FIELDS]
+    if unknown_keys:
+        raise ValueError(f"{path}: setting_keys {unknown_keys} are not config keys")
+    metrics = list(data.get("metrics", ["N@100", "R@100"]))
+    return TableSpec(path.stem, str(data["title"]), rows, reference, metrics, subsets, keys)
+
+
+def _setting(cfg: Any, ref_cfg: Any, keys: list[str]) -> str:
+    """The `keys` whose value in a row's record differs from the reference record's, as key=value."""
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(ref_cfg, k)) or "—"
 
 
 def _row_label(record: Path, system: str) -> tuple[str, str]:
@@ -88,6 +100,7 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         qids = mine.index if qids is None else qids.intersection(mine.index)
     ref_record = results / spec.reference[0]
     shared = select_subset(per_row[spec.rows.index(spec.reference)][2], qids, subset, ref_record)
+    ref_cfg = read_config(ref_record)
     out = []
     for record, system, mine in per_row:
         cfg = read_config(record)
@@ -95,6 +108,8 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         cells = metric_cells(df, headline_column(df, cfg), cfg)
         label, memory = _row_label(record, system)
         row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": label, "memory": memory}
+        if spec.setting_keys:
+            row["setting"] = _setting(cfg, ref_cfg, spec.setting_keys)
         for m in spec.metrics:
             row.update({m: cells[m], f"{m}_lo": cells[f"{m}_lo"], f"{m}_hi": cells[f"{m}_hi"]})
         row["malformed_rate"] = float(df["malformed"].mean()) if "malformed" in df else float("nan")
@@ -146,6 +161,8 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
             "Memory": r["memory"],
             "Record": f"`{r['row']}`",
         }
+        if spec.setting_keys:
+            row["Changed vs reference"] = r["setting"]
         for m in spec.metrics:
             row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         m = spec.metrics[0]
