@@ -108,7 +108,11 @@ def test_evaluate_smoke_run_on_other_data(smoke_run, tmp_path):
 
     trained_records = stages.read_records(smoke_run)
     delta = tmp_path / "agenticshop.yaml"
-    delta.write_text("sources: [agenticshop]\neval_max_queries: 2\n")
+    # the trained policies and one reference row are what this test is about; the smoke run covers the full table
+    delta.write_text(
+        "sources: [agenticshop]\neval_max_queries: 2\neval_systems: [query_dense, recr1, mrrec_sft, mrrec]\n"
+        "eval_reference_system: mrrec\neval_pool_fractions: []\n"
+    )
 
     paths = evaluate_run(smoke_run.root, [delta])
 
