@@ -410,3 +410,18 @@ def test_combined_table_names_what_each_test_time_row_changed(tmp_path):
     bad.write_text("title: t\nrows: [a:x]\nreference: a:x\nsetting_keys: [no_such_key]\n")
     with pytest.raises(ValueError, match="not config keys"):
         read_spec(bad)
+
+
+def test_801_rows_extend_the_320_rows_they_resumed_from():
+    """The 801-request evaluations resumed from the 320-request logs: on the shared requests every rank is the same."""
+    for big, small, system in (
+        ("default-grpo-probe-801", "default-grpo-probe", "mrrec"),
+        ("recr1-probe-801", "recr1-probe", "recr1"),
+    ):
+        a = read_per_query(ROOT_RESULTS / big)
+        b = read_per_query(ROOT_RESULTS / small)
+        a = a[a["system"] == system].set_index("qid")
+        b = b[b["system"] == system].set_index("qid")
+        assert len(a) == 801 and len(b) == 320 and set(b.index) <= set(a.index)
+        cols = ["rank_excl", "rank_keep", "malformed", "tool_calls"]
+        pd.testing.assert_frame_equal(a.loc[b.index, cols], b[cols], check_dtype=False)
