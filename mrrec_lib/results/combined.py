@@ -50,7 +50,8 @@ def _pair(spec: str, where: str) -> tuple[str, str]:
 
 
 def read_spec(path: str | Path) -> TableSpec:
-    """A table spec YAML: `title`, `rows` (RUN:SYSTEM list), `reference` (one of them), `metrics`, `subsets`."""
+    """A table spec YAML: `title`, `rows` (RUN:SYSTEM list), `reference` (one of them), `metrics`, `subsets`,
+    `setting_keys` (config keys shown where a row's record differs from the reference's)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table spec not found: {path}")
