@@ -238,6 +238,11 @@ class Config(BaseModel):
 FIELDS = frozenset(Config.model_fields)
 
 
+def changed_keys(before: Config, after: Config, keys: list[str]) -> dict[str, tuple[Any, Any]]:
+    """Those of `keys` whose value differs between two configs, as {key: (before, after)}."""
+    return {k: (getattr(before, k), getattr(after, k)) for k in keys if getattr(before, k) != getattr(after, k)}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mrrec_lib import runner, stages
-from mrrec_lib.config import Config, ConfigError, load_config, merge_params
+from mrrec_lib.config import Config, ConfigError, changed_keys, load_config, merge_params
 from mrrec_lib.runs import STAGES, MissingStageError, RunPaths, read_json, resolve, write_json
 from mrrec_lib.train.checkpoints import POLICY_META, STAGE_OF, final_dir
 
@@ -91,7 +91,7 @@ def default_run_name(trained: RunPaths, params: list[Path]) -> str:
 def training_keys_changed(trained_cfg: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """Keys of stages 03/04 whose value differs from the trained run's: they cannot change the trained policies."""
     keys = sorted(set(stages.stage_keys("04")) - set(stages.stage_keys("02")))
-    return {k: (getattr(trained_cfg, k), getattr(cfg, k)) for k in keys if getattr(trained_cfg, k) != getattr(cfg, k)}
+    return changed_keys(trained_cfg, cfg, keys)
 
 
 def _check_target(cfg: Config) -> None:

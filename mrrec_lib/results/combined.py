@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mrrec_lib.config import FIELDS
+from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.stats import holm
 from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
 from mrrec_lib.results.compare import SUBSETS, compare_records, select_subset
@@ -77,7 +77,7 @@ def read_spec(path: str | Path) -> TableSpec:
 
 def _setting(cfg: Any, ref_cfg: Any, keys: list[str]) -> str:
     """The `keys` whose value in a row's record differs from the reference record's, as key=value."""
-    return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(ref_cfg, k)) or "—"
+    return ", ".join(f"{k}={new}" for k, (_, new) in changed_keys(ref_cfg, cfg, keys).items()) or "—"
 
 
 def _row_label(record: Path, system: str) -> tuple[str, str]:
