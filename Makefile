@@ -31,7 +31,7 @@ smoke: install
 
 test: install
 	$(VENV)/bin/ruff check mrrec_lib tests benchmarks
-	$(VENV)/bin/pytest -m "not slow" -q
+	$(VENV)/bin/pytest -m "not slow" -q --durations=15
 
 test-all: install
 	$(VENV)/bin/pytest -q
