@@ -149,7 +149,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"expected RUN:SYSTEM (a record under {args.results_dir}/ and one of its systems), got {spec!r}")
         sides.append((resolve(args.results_dir) / run, system))
     (a, sa), (b, sb) = sides
-    result = compare_records(a, sa, b, sb, tuple(args.metric), subset=args.subset)
+    result = compare_records(a, sa, b, sb, tuple(args.metric), subset=args.subset, b_format=args.b_format)
     print(format_comparison(result))
     if args.out:
         write_json(resolve(args.out), {"command": args.command_line, **result})
@@ -284,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         choices=["all", "no_overlap", "overlap"],
         help="only requests that share no content word (no_overlap) or some (overlap) with the target's title",
+    )
+    d.add_argument(
+        "--b-format",
+        default="any",
+        choices=["any", "wellformed", "malformed"],
+        help="only requests where B's answer parsed (wellformed) or did not (malformed): separates a policy that "
+        "fixed B's format from one that changed what B's well-formed answers say",
     )
     d.add_argument("--results-dir", default="results")
     d.add_argument("--out", default="", help="also write the result as JSON here")

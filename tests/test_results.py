@@ -359,6 +359,25 @@ def test_compare_on_the_no_overlap_subset_is_stage05s_subset_test():
 
 
 @pytest.mark.skipif(
+    not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-801", "default-grpo-probe-801")),
+    reason="the committed 801-request records are absent",
+)
+def test_compare_by_b_format_splits_the_shared_requests():
+    """`--b-format` partitions the shared requests by whether B's answer parsed; B's malformed ones score 0."""
+    from mrrec_lib.results.compare import compare_records
+
+    a, b = ROOT_RESULTS / "default-grpo-probe-801", ROOT_RESULTS / "default-sft-801"
+    parts = {f: compare_records(a, "mrrec", b, "mrrec_sft", b_format=f) for f in ("any", "wellformed", "malformed")}
+    malformed = read_per_query(b).query("system == 'mrrec_sft'")["malformed"].astype(bool).sum()
+    assert parts["malformed"]["shared_requests"] == malformed > 0
+    assert parts["wellformed"]["shared_requests"] + malformed == parts["any"]["shared_requests"] == 801
+    assert all(t["mean_b"] == 0 for t in parts["malformed"]["tests"])
+    assert all(t["mean_b"] > 0 for t in parts["wellformed"]["tests"])
+    with pytest.raises(ValueError, match="unknown b_format"):
+        compare_records(a, "mrrec", b, "mrrec_sft", b_format="parsed")
+
+
+@pytest.mark.skipif(
     not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-320", "default-grpo-probe", "recr1-probe", "default-zeroshot-320")),
     reason="the committed 320-request records are absent",
 )
@@ -417,6 +436,7 @@ def test_801_rows_extend_the_320_rows_they_resumed_from():
     for big, small, system in (
         ("default-grpo-probe-801", "default-grpo-probe", "mrrec"),
         ("recr1-probe-801", "recr1-probe", "recr1"),
+        ("default-sft-801", "default-sft-320", "mrrec_sft"),
     ):
         a = read_per_query(ROOT_RESULTS / big)
         b = read_per_query(ROOT_RESULTS / small)

@@ -28,6 +28,9 @@ _SAME_REQUEST = ("user_id", "target_item_id")
 # Request subsets a comparison can be restricted to, by the per-request `title_overlap` (content words shared with
 # the target's title): where the request already names the product, query-only retrieval reads the answer.
 SUBSETS = {"all": None, "no_overlap": lambda overlap: overlap == 0, "overlap": lambda overlap: overlap > 0}
+# Requests kept by whether B's answer parsed: a policy that mostly learned to close its answers (malformed ones
+# score 0) gains on B's malformed requests; the well-formed ones show whether the content of its answers changed.
+B_FORMATS = {"any": None, "wellformed": False, "malformed": True}
 
 
 class IncomparableRecordsError(ValueError):
@@ -59,11 +62,13 @@ def compare_records(
     metrics: tuple[str, ...] = PAIRED_METRICS,
     subset: str = "all",
     qids: pd.Index | None = None,
+    b_format: str = "any",
 ) -> dict[str, Any]:
     """`system_a` of record `a` minus `system_b` of record `b` on the requests both scored, one test per metric.
 
     `subset` keeps only the shared requests of one `SUBSETS` kind (e.g. `no_overlap`); `qids`, only those
-    requests (a combined table's common set), which both records must have scored.
+    requests (a combined table's common set), which both records must have scored; `b_format` (`B_FORMATS`), only
+    the requests where B's answer was well-formed or malformed.
 
     Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
     """
@@ -93,6 +98,12 @@ def compare_records(
             raise IncomparableRecordsError(f"{len(absent)} requested ids were not scored by both records")
         common = qids
     common = select_subset(ra, common, subset, a)
+    if b_format not in B_FORMATS:
+        raise ValueError(f"unknown b_format {b_format!r}; choose one of {sorted(B_FORMATS)}")
+    if B_FORMATS[b_format] is not None:
+        common = common[rb.loc[common, "malformed"].astype(bool).to_numpy() == B_FORMATS[b_format]]
+        if len(common) == 0:
+            raise IncomparableRecordsError(f"no shared request where {system_b}'s answer is {b_format}")
     va = metrics_from_ranks(ra.loc[common, headline_column(ra, cfg_a)].to_numpy(dtype=float), cfg_a.eval_ks)
     vb = metrics_from_ranks(rb.loc[common, headline_column(rb, cfg_b)].to_numpy(dtype=float), cfg_b.eval_ks)
     unknown = [m for m in metrics if m not in va]
@@ -109,6 +120,7 @@ def compare_records(
         "a": {"record": a.name, "system": system_a, "requests": len(ra)},
         "b": {"record": b.name, "system": system_b, "requests": len(rb)},
         "subset": subset,
+        "b_format": b_format,
         "shared_requests": len(common),
         "shared_users": len(set(users)),
         "setting": headline(cfg_a).column,
@@ -137,7 +149,9 @@ def format_comparison(result: dict[str, Any]) -> str:
     lines = [
         f"{a['record']}:{a['system']} minus {b['record']}:{b['system']} on {result['shared_requests']} shared "
         f"requests of {result['shared_users']} users (setting {result['setting']}"
-        + (f", subset {result['subset']})" if result.get("subset", "all") != "all" else ")")
+        + (f", subset {result['subset']}" if result.get("subset", "all") != "all" else "")
+        + (f", {b['system']} {result['b_format']}" if result.get("b_format", "any") != "any" else "")
+        + ")"
     ]
     for t in result["tests"]:
         lines.append(
