@@ -141,5 +141,8 @@ def test_notebook_06_on_a_fake_batch(tmp_path):
     assert paired[("top-1", "R@100")]["diff"] == pytest.approx(-0.04) and paired[("top-1", "R@100")]["n"] == 4
     assert any("paired Δ -0.040" in f for f in rec["findings"])
     assert rec["contribution"]["n_entries"] == 2 and rec["contribution"]["mpc_micro"] == pytest.approx(0.5)
-    for fig in ("06_components", "06_topk", "06_retriever", "06_contribution"):
+    committed = rec["committed"]["sft_ablations"]
+    assert committed["reference"] == "default-sft-320:mrrec_sft" and committed["requests"] == 320
+    assert {r["row"] for r in committed["rows"]} >= {"sft-320-no_global_memory:mrrec_sft", "default-sft-320:mrrec_sft"}
+    for fig in ("06_components", "06_topk", "06_retriever", "06_contribution", "06_committed_ablations"):
         assert (tmp_path / "default" / "figures" / f"{fig}.png").exists()

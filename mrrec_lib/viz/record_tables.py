@@ -1,0 +1,106 @@
+"""The committed ablation tables (results/tables/*.yaml) as forest plots for notebook 06.
+
+Why: the retrained study (`mrrec ablate`) needs far more 2-core CPU time than a session has, so what has been
+measured are partial ablations recorded one run at a time in `results/` (a trained policy scored with a memory
+component removed at test time; variants retrained up to the SFT stage). Notebook 06 shows them beside the batch
+panels, recomputed from the committed per-request rows: each row's paired difference from its table's reference
+with the user-level CI, the minimum detectable difference, and the malformed share, because at 135M removing a
+component often changes how many answers parse, which moves the headline more than the component's content does.
+A table counts as an ablation table when its spec declares `setting_keys` (its rows differ from the reference by a
+config setting); the Table 1 specs compare systems and declare none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from mrrec_lib.results.combined import TableSpec, combined_table, read_spec
+from mrrec_lib.viz.ablations import json_records
+
+
+@dataclass(frozen=True)
+class CommittedTable:
+    """One ablation table recomputed from its records: the spec, the per-row table, and its request/user counts."""
+
+    spec: TableSpec
+    table: pd.DataFrame
+    requests: int
+    users: int
+
+    @property
+    def reference_row(self) -> str:
+        return f"{self.spec.reference[0]}:{self.spec.reference[1]}"
+
+    def ablated(self) -> pd.DataFrame:
+        return self.table[self.table["row"] != self.reference_row]
+
+    def reference_malformed(self) -> float:
+        return float(self.table.loc[self.table["row"] == self.reference_row, "malformed_rate"].iloc[0])
+
+
+def ablation_specs(results_dir: str | Path) -> list[TableSpec]:
+    """The table specs under `<results_dir>/tables/` that declare `setting_keys`, by file name."""
+    folder = Path(results_dir) / "tables"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no table specs: {folder} does not exist (the committed results/ folder)")
+    return [s for s in (read_spec(p) for p in sorted(folder.glob("*.yaml"))) if s.setting_keys]
+
+
+def committed_tables(results_dir: str | Path, subset: str = "all") -> dict[str, CommittedTable]:
+    """Every ablation table recomputed from the per-request rows of its records, on the requests its rows share."""
+    out = {}
+    for spec in ablation_specs(results_dir):
+        table, info = combined_table(spec, results_dir, subset)
+        out[spec.name] = CommittedTable(spec, table, int(info["requests"]), int(info["users"]))
+    return out
+
+
+def row_label(row: dict, reference_malformed: float) -> str:
+    """What the row changed, and its malformed share beside the reference's (the format effect, made visible)."""
+    return f"{row['setting']}\n({row['malformed_rate']:.0%} malformed vs {reference_malformed:.0%})"
+
+
+def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
+    """One panel per table: reference minus row on the table's headline metric, 95% user-cluster CI, and the
+    row's MDD as a grey band (a difference inside it is not detectable at this n)."""
+    if not tables:
+        raise ValueError("no committed ablation tables to plot")
+    heights = [max(1, len(t.ablated())) for t in tables.values()]
+    fig, axes = plt.subplots(len(tables), 1, figsize=(8.5, 1.2 + 0.75 * sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (name, t) in zip(axes[:, 0], tables.items(), strict=True):
+        m = t.spec.metrics[0]
+        rows = t.ablated().reset_index(drop=True)
+        y = np.arange(len(rows))[::-1]
+        d = rows[f"d_{m}"].to_numpy(float)
+        lo, hi = rows[f"d_{m}_lo"].to_numpy(float), rows[f"d_{m}_hi"].to_numpy(float)
+        mdd = rows[f"mdd_{m}"].to_numpy(float)
+        ax.barh(y, 2 * mdd, left=-mdd, height=0.5, color="0.88", label="±MDD (80% power)")
+        ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", color="tab:blue", capsize=3, label="difference, 95% CI")
+        ax.axvline(0, color="0.3", lw=0.8)
+        ref_bad = t.reference_malformed()
+        ax.set_yticks(y, [row_label(r, ref_bad) for r in rows.to_dict("records")], fontsize=8)
+        ax.set_title(f"{name}: {t.reference_row} minus row, {m} ({t.requests} requests, {t.users} users)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    axes[-1, 0].set_xlabel("reference minus ablated (positive: the removed part helps)")
+    fig.tight_layout()
+    return fig
+
+
+def display_table(t: CommittedTable) -> pd.DataFrame:
+    """The rows with their setting, headline metric, paired difference, Holm p, MDD and malformed share."""
+    m = t.spec.metrics[0]
+    cols = ["row", "setting", m, f"d_{m}", f"d_{m}_lo", f"d_{m}_hi", f"holm_{m}", f"mdd_{m}", "malformed_rate", "tool_calls"]
+    return t.table[[c for c in cols if c in t.table.columns]].round(3)
+
+
+def json_record(t: CommittedTable) -> dict:
+    """What notebook 06 writes for a table: where it came from and its rows (NaN as null)."""
+    return {"reference": t.reference_row, "title": t.spec.title, "requests": t.requests, "users": t.users,
+            "rows": json_records(t.table)}
