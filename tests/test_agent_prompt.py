@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from mrrec_lib.agent.prompt import PROMPT_KINDS, build_messages, build_prompt, prompt_tools, structured_messages
@@ -38,6 +41,19 @@ def test_mrrec_prompt_carries_every_instruction():
         assert phrase in text, phrase
     assert p.tools[0]["function"]["name"] == "memory_retrieval_tool"
     assert p.tools[0]["function"]["parameters"]["required"] == ["query"]
+
+
+# sha256 of every kind's messages for one request, taken from the prompt code before `style` existed: the default
+# ("full") prompt must stay byte-identical, since the committed SFT/GRPO policies were trained on it.
+FULL_PROMPTS_SHA256 = "fdaf49826e673fd143e5891d3392544be406cc361ef7447b161e2724b721fd54"
+
+
+def test_default_prompt_is_byte_identical_to_the_one_policies_were_trained_on():
+    messages = [
+        build_prompt(k, "a snack for hiking", aspects=ASPECTS, memory_text="Item 1: Assam tea (5 stars)").messages
+        for k in PROMPT_KINDS
+    ]
+    assert hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest() == FULL_PROMPTS_SHA256
 
 
 def test_no_memory_prompt_is_query_rewriting_only():
