@@ -133,6 +133,7 @@ class Config(BaseModel):
     # ---- policy rollout and reward ------------------------------------------------
     policy_model: str = "smollm2-135m-instruct"
     policy_uses_memory: bool = True
+    policy_prompt: Literal["full", "compact"] = "full"  # instruction text of every LLM prompt: "compact" condenses the steps and advice (same tool, aspects and answer format) for a small policy's short context
     max_tool_calls: int = 3
     max_new_tokens_total: int = 768
     max_new_tokens_per_turn: int = 256
