@@ -99,16 +99,17 @@ def stage_keys(stage: str) -> list[str]:
     return sorted(k for k in FIELDS if k not in IGNORED_KEYS and first_stage(k) <= stage)
 
 
-def _hashed(cfg: Config, key: str) -> bool:
-    return key not in HASH_NEUTRAL_DEFAULTS or getattr(cfg, key) != HASH_NEUTRAL_DEFAULTS[key]
+def hashed_keys(cfg: Config, keys: Iterable[str]) -> list[str]:
+    """`keys` minus those at their hash-neutral default: what any fingerprint of `cfg` should cover."""
+    return [k for k in keys if k not in HASH_NEUTRAL_DEFAULTS or getattr(cfg, k) != HASH_NEUTRAL_DEFAULTS[k]]
 
 
 def config_digest(cfg: Config, keys: Iterable[str]) -> str:
-    """`cfg.digest` over `keys`, leaving out those at their hash-neutral default.
+    """`cfg.digest` over the `hashed_keys` of `keys`.
 
     Stage hashes, resume keys and record checks all go through here, so they agree on what a config hashes to.
     """
-    return cfg.digest([k for k in keys if _hashed(cfg, k)])
+    return cfg.digest(hashed_keys(cfg, keys))
 
 
 def stage_hash(cfg: Config, stage: str) -> str:
