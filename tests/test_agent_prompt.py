@@ -120,7 +120,7 @@ def test_compact_prompt_keeps_everything_but_the_instruction_text_and_halves_tha
     assert compact_text.endswith("write nothing after it:\n" + box)
     assert ("- Budget: price range the user is comfortable with" in compact_text) == (kind in ("mrrec", "global_only"))
     assert ("memory_retrieval_tool" in compact_text) == (kind == "mrrec") == ("useful_memory_ids" in compact_text)
-    assert "product description" in compact_text and "keywords" in compact_text
+    assert "detailed, keyword-rich product description" in compact_text
 
 
 def test_compact_mrrec_prompt_asks_for_one_short_call_per_aspect():

@@ -54,10 +54,7 @@ _PROFILE_ADVICE = (
     "important keywords: product type, category, key features, materials or ingredients, style, quality, brand or "
     "price preferences, and the intended use. Write it like a product description, not like a conversation."
 )
-_COMPACT_PROFILE_ADVICE = (
-    "Write the profile as a detailed product description full of keywords: type, features, ingredients, style, "
-    "brand, price, use."
-)
+_COMPACT_PROFILE_ADVICE = "Make the profile a detailed, keyword-rich product description."
 _IDS_ADVICE = " In useful_memory_ids list the ids of the memory entries that shaped the profile."
 _MEMORY_HEADERS = {
     "naive": "The user's most recent purchases (oldest first):",
