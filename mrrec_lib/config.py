@@ -133,6 +133,7 @@ class Config(BaseModel):
     # ---- policy rollout and reward ------------------------------------------------
     policy_model: str = "smollm2-135m-instruct"
     policy_uses_memory: bool = True
+    policy_prompt: Literal["full", "compact"] = "full"  # instruction text of the recommendation prompt (policies, SFT/GRPO data, zero-shot rows): "compact" condenses the steps and advice (same tool, aspects, answer format) for a 135M policy; "full" is hash-neutral (stages.HASH_NEUTRAL_DEFAULTS)
     max_tool_calls: int = 3
     max_new_tokens_total: int = 768
     max_new_tokens_per_turn: int = 256

@@ -4,13 +4,16 @@ A key belongs to the first stage whose output it can change; stage N's hash
 covers every key of stages <= N. Keys not listed default to stage 01, so a new
 knob nobody classified reruns everything rather than silently reusing stale
 outputs. Keys that never change results (names, paths, thread counts) are
-ignored.
+ignored, and keys added after results were committed are left out at the value
+those results ran with (`HASH_NEUTRAL_DEFAULTS`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from mrrec_lib.config import FIELDS, Config
 from mrrec_lib.runs import STAGES, RunPaths, read_json, write_json
@@ -27,6 +30,11 @@ IGNORED_KEYS = frozenset(
         "rollout_chunk_size",
     }
 )
+
+# Keys added after records in results/ were committed, each with the value that reproduces what those records ran
+# (the code's behaviour before the key existed). At that value a key is left out of the stage hash, so adding it
+# neither makes every committed record stale nor reruns finished stages; any other value is hashed as usual.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"policy_prompt": "full"}
 
 # Stages 06 and 07 read things outside the run's own config (the ablation summary,
 # a user's typed request), so they are never skipped.
@@ -91,8 +99,21 @@ def stage_keys(stage: str) -> list[str]:
     return sorted(k for k in FIELDS if k not in IGNORED_KEYS and first_stage(k) <= stage)
 
 
+def hashed_keys(cfg: Config, keys: Iterable[str]) -> list[str]:
+    """`keys` minus those at their hash-neutral default: what any fingerprint of `cfg` should cover."""
+    return [k for k in keys if k not in HASH_NEUTRAL_DEFAULTS or getattr(cfg, k) != HASH_NEUTRAL_DEFAULTS[k]]
+
+
+def config_digest(cfg: Config, keys: Iterable[str]) -> str:
+    """`cfg.digest` over the `hashed_keys` of `keys`.
+
+    Stage hashes, resume keys and record checks all go through here, so they agree on what a config hashes to.
+    """
+    return cfg.digest(hashed_keys(cfg, keys))
+
+
 def stage_hash(cfg: Config, stage: str) -> str:
-    return cfg.digest(stage_keys(stage))
+    return config_digest(cfg, stage_keys(stage))
 
 
 def _record_file(paths: RunPaths) -> Path:

@@ -44,8 +44,8 @@ QUERIES = pd.DataFrame(
 )
 
 
-@pytest.fixture()
-def store():
+def make_store() -> MemoryStore:
+    """Two users' local memory and two global aspects, searched with the hashing encoder."""
     s1, s2 = snapshot_key("u1", 10), snapshot_key("u2", 20)
     local = pd.DataFrame(
         [
@@ -61,6 +61,11 @@ def store():
     )
     cfg = Config(memory_top_k=2, global_top_k=2)
     return MemoryStore(cfg, local, glob, encoder=HashEncoder())
+
+
+@pytest.fixture()
+def store():
+    return make_store()
 
 
 class ScriptedChat:

@@ -72,3 +72,10 @@ def test_every_shipped_params_file_loads(path):
 def test_notebook_config_empty_run_name_keeps_the_configs(tmp_path):
     p = write(tmp_path, "a.yaml", "run_name: mine\n")
     assert notebook_config({"config_file": str(p), "run_name": ""}).run_name == "mine"
+
+
+def test_policy_prompt_names_its_choices(tmp_path):
+    assert Config().policy_prompt == "full"
+    p = write(tmp_path, "p.yaml", "policy_prompt: tiny\n")
+    with pytest.raises(ConfigError, match=r"policy_prompt\n.*'full' or 'compact'"):
+        load_config(p)

@@ -263,6 +263,19 @@ def test_committed_default_record_recomputes_its_table():
     _assert_matches_metrics(recompute_table(record), read_json(record / "metrics" / "05_eval.json"))
 
 
+@pytest.mark.skipif(not ROOT_RESULTS.is_dir(), reason="no committed results/")
+def test_committed_records_hash_as_recorded_under_the_current_code():
+    """A key added since (e.g. policy_prompt, hash-neutral at its old behaviour) leaves every record current."""
+    from mrrec_lib.results.layout import STAGES_FILE, read_config
+
+    records = sorted(p.parent for p in ROOT_RESULTS.glob(f"*/{STAGES_FILE}"))
+    assert (ROOT_RESULTS / "default-sft-320") in records
+    for record in records:
+        cfg = read_config(record)
+        for stage, rec in read_json(record / STAGES_FILE).items():
+            assert stages.stage_hash(cfg, stage) == rec["hash"], (record.name, stage)
+
+
 def test_benchmark_summary_rendered_from_stage01_metrics(run, tmp_path):
     from mrrec_lib.results.readme import BENCH_END, BENCH_START, benchmark_markdown
 

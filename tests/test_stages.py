@@ -29,6 +29,26 @@ def test_run_name_does_not_matter():
     assert stages.stage_hash(Config(run_name="a"), "05") == stages.stage_hash(Config(run_name="b"), "05")
 
 
+def test_hash_neutral_key_is_hashed_only_away_from_its_neutral_value():
+    """policy_prompt: full is what every committed record ran, so it leaves their hashes alone; compact is a new run."""
+    assert set(stages.HASH_NEUTRAL_DEFAULTS) <= FIELDS
+    assert all(getattr(Config(), k) == v for k, v in stages.HASH_NEUTRAL_DEFAULTS.items())
+    full, compact = Config(), Config(policy_prompt="compact")
+    assert stages.first_stage("policy_prompt") == "03"
+    assert stages.stage_hash(full, "05") == full.digest([k for k in stages.stage_keys("05") if k != "policy_prompt"])
+    assert all(stages.stage_hash(full, s) == stages.stage_hash(compact, s) for s in ("01", "02"))
+    assert all(stages.stage_hash(full, s) != stages.stage_hash(compact, s) for s in ("03", "04", "05"))
+
+
+def test_resume_key_is_hash_neutral_too():
+    from mrrec_lib.train.common import BUDGET_KEYS, resume_key
+
+    own_budget = {k for k in BUDGET_KEYS if stages.first_stage(k) == "04"}
+    keys = [k for k in stages.stage_keys("04") if k not in own_budget | {"policy_prompt"}]
+    assert resume_key(Config(), "04") == Config().digest(keys)
+    assert resume_key(Config(), "04") != resume_key(Config(policy_prompt="compact"), "04")
+
+
 def _finished_run(root, cfg, upto):
     paths = RunPaths(root).ensure()
     for s in upto:

@@ -8,6 +8,10 @@ baselines differ only in the memory they are given:
 - `no_memory`: the bare request, no tool (zero-shot "without memory" and Rec-R1-style query rewriting);
 - `naive` / `static`: zero-shot with a memory text pasted into the prompt (recent interactions / a user profile).
 
+Two instruction styles (config `policy_prompt`): `full`, the numbered steps and retrieval advice every committed
+policy was trained on, and `compact`, the same duties in a few lines; request, aspects, answer format and tool
+are the same in both.
+
 The tool is described by one JSON schema (the GRPO environment's) that the chat
 template renders through `tools=` (Qwen2.5 style); chat APIs get it as `tools=` too.
 """
@@ -25,6 +29,8 @@ from mrrec_lib.train.environment import TOOL_NAME
 
 PromptKind = Literal["mrrec", "global_only", "no_memory", "naive", "static"]
 PROMPT_KINDS: tuple[str, ...] = ("mrrec", "global_only", "no_memory", "naive", "static")
+PromptStyle = Literal["full", "compact"]  # config `policy_prompt`
+PROMPT_STYLES: tuple[str, ...] = ("full", "compact")
 
 
 @lru_cache(maxsize=1)
@@ -42,11 +48,14 @@ SYSTEM_PROMPT = (
 
 _ANSWER_WITH_IDS = '\\boxed{"ideal_item_profile": "<detailed item description>", "useful_memory_ids": ["<id>", ...]}'
 _ANSWER_PROFILE_ONLY = '\\boxed{"ideal_item_profile": "<detailed item description>"}'
+_FINISH = "Finish with your answer in exactly this format and write nothing after it:\n"
 _PROFILE_ADVICE = (
     "The profile is embedded to search the catalogue, so make it as detailed as possible and do not leave out "
     "important keywords: product type, category, key features, materials or ingredients, style, quality, brand or "
     "price preferences, and the intended use. Write it like a product description, not like a conversation."
 )
+_COMPACT_PROFILE_ADVICE = "Make the profile a detailed, keyword-rich product description."
+_IDS_ADVICE = " In useful_memory_ids list the ids of the memory entries that shaped the profile."
 _MEMORY_HEADERS = {
     "naive": "The user's most recent purchases (oldest first):",
     "static": "A profile of this user written from their purchase history:",
@@ -89,10 +98,48 @@ def _mrrec_steps(with_aspects: bool, with_tool: bool) -> list[str]:
     return steps
 
 
-def build_prompt(kind: PromptKind, query: str, *, aspects: list[dict] | None = None, memory_text: str = "") -> Prompt:
-    """The prompt of one setting; `aspects` only count for mrrec/global_only, `memory_text` for naive/static."""
+def _full_instructions(with_aspects: bool, with_tool: bool, answer: str) -> list[str]:
+    """The paper-style numbered steps and the retrieval advice: the text the committed policies were trained on."""
+    steps = [*_mrrec_steps(with_aspects, with_tool), _FINISH + answer]
+    advice = _PROFILE_ADVICE + (_IDS_ADVICE if with_tool else "")
+    return ["Do the following:\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)), advice]
+
+
+def _compact_instructions(with_aspects: bool, with_tool: bool, answer: str) -> list[str]:
+    """The same duties in a few lines, ending on the answer format.
+
+    A 135M policy breaks its answer format more often the longer its prompt, and every prompt token is paid for
+    in SFT length and decoding cost.
+    """
+    lines = []
+    if with_tool:
+        where = " above" if with_aspects else ""
+        lines.append(f"For each aspect{where} that matters, call {TOOL_NAME} once with a short query naming it.")
+    elif with_aspects:
+        lines.append("Use the aspects above that matter for this request.")
+    lines += [_COMPACT_PROFILE_ADVICE + (_IDS_ADVICE if with_tool else ""), _FINISH + answer]
+    return ["\n".join(lines)]
+
+
+_INSTRUCTIONS = {"full": _full_instructions, "compact": _compact_instructions}
+
+
+def build_prompt(
+    kind: PromptKind,
+    query: str,
+    *,
+    aspects: list[dict] | None = None,
+    memory_text: str = "",
+    style: PromptStyle = "full",
+) -> Prompt:
+    """The prompt of one setting; `aspects` only count for mrrec/global_only, `memory_text` for naive/static.
+
+    `style` changes only the instruction text: request, aspects, memory, answer format and tool are the same.
+    """
     if kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
     if kind in ("naive", "static") and not memory_text.strip():
         raise ValueError(f"prompt kind {kind!r} needs a non-empty memory_text")
     with_tool = kind == "mrrec"
@@ -102,14 +149,8 @@ def build_prompt(kind: PromptKind, query: str, *, aspects: list[dict] | None = N
         parts.append("What shoppers usually care about for this kind of request (shared memory):\n" + aspect_text)
     if kind in _MEMORY_HEADERS:
         parts.append(_MEMORY_HEADERS[kind] + "\n" + memory_text.strip())
-    steps = _mrrec_steps(bool(aspect_text), with_tool)
     answer = _ANSWER_WITH_IDS if with_tool else _ANSWER_PROFILE_ONLY
-    steps.append(f"Finish with your answer in exactly this format and write nothing after it:\n{answer}")
-    parts.append("Do the following:\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)))
-    advice = _PROFILE_ADVICE
-    if with_tool:
-        advice += " In useful_memory_ids list the ids of the memory entries that shaped the profile."
-    parts.append(advice)
+    parts += _INSTRUCTIONS[style](bool(aspect_text), with_tool, answer)
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
     return Prompt(kind=kind, messages=messages, tools=[memory_tool_schema()] if with_tool else None)
 
@@ -119,9 +160,11 @@ def policy_prompt_kind(use_memory: bool) -> PromptKind:
     return "mrrec" if use_memory else "no_memory"
 
 
-def build_messages(query: str, aspects: list[dict], use_memory: bool = True) -> list[Message]:
+def build_messages(
+    query: str, aspects: list[dict], use_memory: bool = True, style: PromptStyle = "full"
+) -> list[Message]:
     """The MR.Rec prompt (use_memory) or the no-memory rewriting prompt; pass `prompt_tools(use_memory)` as tools=."""
-    return build_prompt(policy_prompt_kind(use_memory), query, aspects=aspects).messages
+    return build_prompt(policy_prompt_kind(use_memory), query, aspects=aspects, style=style).messages
 
 
 def prompt_tools(use_memory: bool = True) -> list[dict] | None:

@@ -128,7 +128,9 @@ def run_policy_on_queries(
                 else []
             )
             memory_text = (memory_texts or {}).get(str(r["qid"]), "")
-            prompts.append(build_prompt(kind, r["query"], aspects=aspects, memory_text=memory_text))
+            prompts.append(
+                build_prompt(kind, r["query"], aspects=aspects, memory_text=memory_text, style=cfg.policy_prompt)
+            )
             tools.append(store_tool(store, snap, cfg.memory_top_k) if kind == "mrrec" else None)
         trajs = run_rollouts(
             policy,

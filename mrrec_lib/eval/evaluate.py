@@ -51,9 +51,11 @@ from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, atomic_wri
 log = logging.getLogger(__name__)
 
 TOP_ITEMS = 10  # item ids kept per query for case studies and overlap analyses
-# Config keys of stage 05 that change what a system outputs (the rest only change how results are summarised;
-# eval_malformed and eval_exclude_history are not here because every cached row holds all four settings).
-OUTPUT_KEYS = ("eval_temperature", "naive_memory_n")
+# Config keys that change what a system outputs beyond its stage hash: stage 05's decoding keys (the rest of stage 05
+# only changes how results are summarised; eval_malformed and eval_exclude_history are not here because every cached
+# row holds all four settings) and policy_prompt, the instruction text of the zero-shot rows (stage 02). Hash-neutral
+# keys are left out at their neutral value (`stages.hashed_keys`), so caches written before they existed stay valid.
+OUTPUT_KEYS = ("eval_temperature", "naive_memory_n", "policy_prompt")
 ROW_VERSION = 2  # layout of a cached row; bumping it stops older cache files from being read
 QUERY_COLUMNS = ("qid", "user_id", "category", "query", "target_item_id", "target_timestamp")
 OPTIONAL_QUERY_COLUMNS = ("title_overlap",)  # joined when the queries table has them
@@ -107,7 +109,7 @@ def system_fingerprint(spec: SystemSpec, ctx: EvalContext) -> str:
         "system": asdict(spec),
         "retriever": ctx.retriever_kind(spec.retriever),
         "stage_hash": stages.stage_hash(cfg, spec.stage),
-        "eval": {k: getattr(cfg, k) for k in OUTPUT_KEYS},
+        "eval": {k: getattr(cfg, k) for k in stages.hashed_keys(cfg, OUTPUT_KEYS)},
         "rows": ROW_VERSION,
         "inputs": stamps,
     }

@@ -191,7 +191,7 @@ def zeroshot_runner(spec: SystemSpec, ctx: EvalContext) -> BatchRunner:
         memories = [memory_of(r) for r in rows]
         # A user with no usable memory still gets a prompt: the setting falls back to no memory, and says so.
         prompts = [
-            build_prompt(kind if m.strip() else "no_memory", r["query"], memory_text=m)
+            build_prompt(kind if m.strip() else "no_memory", r["query"], memory_text=m, style=ctx.cfg.policy_prompt)
             for r, m in zip(rows, memories, strict=True)
         ]
         outs = llm.chat([p.messages for p in prompts], sampling, n=1)

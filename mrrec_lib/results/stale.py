@@ -1,7 +1,8 @@
 """Is a committed record still what the current code would produce from its config?
 
-A record vouches for stage hashes computed by the code of its day. When a config key is added,
-removed or moved to another stage, `stages.stage_hash` gives the recorded config another hash:
+A record vouches for stage hashes computed by the code of its day. When a config key is added
+(unless hash-neutral at the recorded behaviour, `stages.HASH_NEUTRAL_DEFAULTS`), removed or moved
+to another stage, `stages.stage_hash` gives the recorded config another hash:
 the current code would rerun those stages, so their recorded numbers may no longer be what
 `mrrec run` produces. `check_record` says so (and which keys changed) instead of letting the
 README silently keep citing them; it also catches hand edits and a Table 1 that no longer

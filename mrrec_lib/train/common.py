@@ -16,7 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from mrrec_lib.config import Config
 from mrrec_lib.runs import atomic_write_text
-from mrrec_lib.stages import first_stage, stage_keys
+from mrrec_lib.stages import config_digest, first_stage, stage_keys
 
 
 def use_cuda(cfg: Config) -> bool:
@@ -67,7 +67,7 @@ def resume_key(cfg: Config, stage: str, start_policy: str = "") -> str:
     from, which can change without any config key (a retrained stage after a code change).
     """
     own_budget = {k for k in BUDGET_KEYS if first_stage(k) == stage}
-    key = cfg.digest([k for k in stage_keys(stage) if k not in own_budget])
+    key = config_digest(cfg, [k for k in stage_keys(stage) if k not in own_budget])
     return f"{key}-{start_policy}" if start_policy else key
 
 

@@ -131,7 +131,7 @@ def grpo_rows(cfg: Config, queries: pd.DataFrame, global_context: Callable[[str,
         aspects = global_context(q.query, q.category) if global_context is not None else []
         rows.append(
             {
-                "prompt": build_messages(q.query, aspects, cfg.policy_uses_memory),
+                "prompt": build_messages(q.query, aspects, cfg.policy_uses_memory, cfg.policy_prompt),
                 "qid": q.qid,
                 "user_id": q.user_id,
                 "snapshot": snapshot_key(q.user_id, q.target_timestamp),

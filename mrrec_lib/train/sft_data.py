@@ -228,7 +228,7 @@ def scripted_data(
         else:
             completion = scripted_rewrite(row)
         rows.append(row)
-        prompts.append(build_messages(row["query"], aspects, use_memory))
+        prompts.append(build_messages(row["query"], aspects, use_memory, cfg.policy_prompt))
         completions.append(completion)
     rewards = score_completions(reward_funcs, prompts, completions, rows)
     return _filter(list(zip(rows, prompts, completions, rewards, strict=True)), cfg, "scripted")
