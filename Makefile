@@ -10,7 +10,11 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all smoke ablations lint clean-venv
+# The same study at the session-sized RL budget (params/eval/grpo_probe.yaml): every delta whose evaluated policy is
+# MR.Rec's (Rec-R1 has its own recipe, params/eval/recr1_probe.yaml); runs grpo-probe-<delta>, plan in study-grpo-probe.json
+PROBE_DELTAS := $(filter-out params/ablations/recr1.yaml,$(wildcard params/ablations/*.yaml))
+
+.PHONY: install demo test test-all smoke ablations ablations-probe lint clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +42,9 @@ test-all: install
 
 ablations: install
 	$(VENV)/bin/mrrec ablate $(PARAMS) params/ablations/*.yaml --budget-min $(BUDGET_MIN)
+
+ablations-probe: install
+	$(VENV)/bin/mrrec ablate $(PARAMS) $(PROBE_DELTAS) --scale params/eval/grpo_probe.yaml --budget-min $(BUDGET_MIN)
 
 lint: install
 	$(VENV)/bin/ruff check --fix mrrec_lib tests benchmarks

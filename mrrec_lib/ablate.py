@@ -31,13 +31,34 @@ STAGE_ARTEFACTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_config(base: Path, delta: Path | None) -> Config:
-    """The merged config of the base (delta None) or of base + delta; a delta without its own name runs as abl-<stem>."""
-    files = [base] if delta is None else [base, delta]
-    cfg = load_config(*files)
-    if delta is not None and cfg.run_name == load_config(base).run_name:
-        cfg = load_config(*files, overrides={"run_name": f"abl-{delta.stem}"})
-    return cfg
+def scale_name(scale: Path) -> str:
+    """The run-name part a scale overlay adds: its file stem, dashed (params/eval/grpo_probe.yaml -> grpo-probe)."""
+    return scale.stem.replace("_", "-")
+
+
+def run_files(base: Path, delta: Path | None, scale: Path | None = None) -> list[Path]:
+    """Base, then the delta, then the scale overlay: the scale's budget keys win, as in the manual recipes."""
+    return [base, *(f for f in (delta, scale) if f is not None)]
+
+
+def run_config(base: Path, delta: Path | None, scale: Path | None = None) -> Config:
+    """The merged config of the base (delta None) or of base + delta, with the scale overlay last.
+
+    A delta without its own name runs as abl-<stem>, or <scale>-<stem> under a scale (grpo-probe-no_local_memory);
+    the base under a scale runs as <base run>-<scale> (default-grpo-probe), the names the session-sized recipes
+    in params/eval/ use, so their committed records count for the study.
+    """
+    cfg = load_config(*run_files(base, delta, scale))
+    base_name = load_config(base).run_name
+    if cfg.run_name != base_name:
+        return cfg
+    if delta is not None:
+        name = f"{scale_name(scale)}-{delta.stem}" if scale is not None else f"abl-{delta.stem}"
+    elif scale is not None:
+        name = f"{base_name}-{scale_name(scale)}"
+    else:
+        return cfg
+    return load_config(*run_files(base, delta, scale), overrides={"run_name": name})
 
 
 def _matching_prefix(cfg: Config, donor: RunPaths) -> list[str]:
@@ -102,12 +123,12 @@ def share_finished_stages(cfg: Config, paths: RunPaths, last_stage: str | None =
     print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares a finished stage")
 
 
-def run_one(base: Path, delta: Path | None, only: str | None, outputs: Path) -> dict:
+def run_one(base: Path, delta: Path | None, only: str | None, outputs: Path, scale: Path | None = None) -> dict:
     """Seed the run from a donor, run its stages; the outcome as a dict (status "ok" or "failed", never raised)."""
     name = delta.stem if delta else "base"
     try:
-        cfg = run_config(base, delta)
-        files = [base] if delta is None else [base, delta]
+        cfg = run_config(base, delta, scale)
+        files = run_files(base, delta, scale)
         cfg_paths = runner.prepare_run(files, {"run_name": cfg.run_name})[1]
         donor, shared = seed_from_donor(cfg, cfg_paths, outputs)
         runner.run(files, only=only, overrides={"run_name": cfg.run_name})

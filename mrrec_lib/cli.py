@@ -80,6 +80,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         retry_failed=args.retry_failed,
         command=args.command_line,
+        scale=args.scale,
     )
     return 0
 
@@ -223,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--results-dir", default="results", help="records are read from / written to <dir>/<run>/")
     a.add_argument("--dry-run", action="store_true", help="run nothing: print and write what is recorded and left")
     a.add_argument("--retry-failed", action="store_true", help="rerun ablations that failed with the same params")
+    a.add_argument(
+        "--scale",
+        help="params overlay applied after every delta, e.g. params/eval/grpo_probe.yaml (the session-sized RL "
+        "budget and evaluation): runs are named <base run>-<scale> and <scale>-<delta> (default-grpo-probe, "
+        "grpo-probe-no_local_memory) and the plan goes to <results-dir>/study-<scale>.json",
+    )
     a.set_defaults(func=_cmd_ablate)
 
     e = sub.add_parser("estimate", help="print expected tokens, time and embedding size per stage")

@@ -71,8 +71,10 @@ class Ablation:
     """One run of the study, and what is known about it."""
 
     name: str  # "base" or the delta file's stem
-    files: tuple[Path, ...]  # base params, then the delta
+    files: tuple[Path, ...]  # base params, then the delta, then the scale overlay
     cfg: Config
+    delta: Path | None = None
+    scale: Path | None = None
     status: str = LEFT
     note: str = ""
     stages_left: tuple[str, ...] = ()
@@ -83,10 +85,6 @@ class Ablation:
     def run(self) -> str:
         return self.cfg.run_name
 
-    @property
-    def delta(self) -> Path | None:
-        return self.files[1] if len(self.files) > 1 else None
-
     def hashes(self) -> dict[str, str]:
         return {s: stages.stage_hash(self.cfg, s) for s in KEY_STAGES}
 
@@ -95,12 +93,18 @@ def priority(delta: Path) -> tuple[int, str]:
     return (PRIORITY.index(delta.stem) if delta.stem in PRIORITY else len(PRIORITY), delta.stem)
 
 
-def collect(base: Path, deltas: list[Path]) -> list[Ablation]:
-    """The base run, then each delta (once) in priority order, with its merged config."""
-    out = [Ablation("base", (base,), ablate.run_config(base, None))]
-    for d in sorted(dict.fromkeys(deltas), key=priority):
-        out.append(Ablation(d.stem, (base, d), ablate.run_config(base, d)))
+def collect(base: Path, deltas: list[Path], scale: Path | None = None) -> list[Ablation]:
+    """The base run, then each delta (once) in priority order, with its merged config (scale overlay last)."""
+    out = []
+    for d in [None, *sorted(dict.fromkeys(deltas), key=priority)]:
+        files = tuple(ablate.run_files(base, d, scale))
+        out.append(Ablation(d.stem if d else "base", files, ablate.run_config(base, d, scale), d, scale))
     return out
+
+
+def study_file(scale: Path | None) -> str:
+    """Each scale keeps its own plan: study.json for the full recipe, study-<scale>.json for an overlay."""
+    return STUDY_FILE if scale is None else f"study-{ablate.scale_name(scale)}.json"
 
 
 def record_state(ab: Ablation, results: Path, retry_failed: bool) -> tuple[str, str]:
@@ -159,7 +163,7 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None) -> 
     """Run one ablation (donor-seeded) and record it at once; a failure is written down, never raised."""
     # Not 06 (it summarises the study itself) nor 07 (interactive).
     only = ",".join(s for s in runner.available_stages() if s in STAGE_ORDER)
-    r = ablate.run_one(ab.files[0], ab.delta, only, outputs)
+    r = ablate.run_one(ab.files[0], ab.delta, only, outputs, ab.scale)
     if r["status"] != "ok":
         write_failed(ab, results, failed_stage(ab, outputs), r["error"], r["traceback"])
         return
@@ -175,15 +179,18 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None) -> 
 
 
 def format_table(abls: list[Ablation]) -> str:
-    lines = [f"{'ablation':<22}{'run':<26}{'status':<10}{'min left':>9}  stages left / note"]
+    width = max([26, *(len(ab.run) + 2 for ab in abls)])
+    lines = [f"{'ablation':<22}{'run':<{width}}{'status':<10}{'min left':>9}  stages left / note"]
     for ab in abls:
         detail = " ".join(x for x in (",".join(ab.stages_left), ab.note) if x)
-        lines.append(f"{ab.name:<22}{ab.run:<26}{ab.status:<10}{ab.minutes_left:>9.0f}  {detail}")
-    lines.append(f"{'total left':<58}{sum(ab.minutes_left for ab in abls):>9.0f}")
+        lines.append(f"{ab.name:<22}{ab.run:<{width}}{ab.status:<10}{ab.minutes_left:>9.0f}  {detail}")
+    lines.append(f"{'total left':<{32 + width}}{sum(ab.minutes_left for ab in abls):>9.0f}")
     return "\n".join(lines)
 
 
-def study_json(abls: list[Ablation], base: Path, budget_min: float | None, dry_run: bool) -> dict:
+def study_json(
+    abls: list[Ablation], base: Path, budget_min: float | None, dry_run: bool, scale: Path | None = None
+) -> dict:
     rows = [
         {
             "ablation": ab.name,
@@ -201,6 +208,7 @@ def study_json(abls: list[Ablation], base: Path, budget_min: float | None, dry_r
     return {
         "written_at": now_iso(),
         "base": display_path(base),
+        "scale": display_path(scale) if scale is not None else None,
         "budget_min": budget_min,
         "dry_run": dry_run,
         "minutes_left": total,
@@ -246,25 +254,30 @@ def run_study(
     retry_failed: bool = False,
     command: str | None = None,
     stage_seconds: StageSeconds | None = None,
+    scale: str | Path | None = None,
 ) -> list[Ablation]:
     """Run what is missing of the study within `budget_min` minutes (None: no limit); return every ablation's state.
 
     `stage_seconds(params files) -> {stage: seconds}` prices a run (default: `mrrec estimate`'s figures).
+    `scale` is a params overlay applied after every delta (e.g. params/eval/grpo_probe.yaml: the session-sized
+    RL budget and evaluation): the same study at another size, with its own run names and plan file; notebook
+    06's summary is left to the full-size study.
     """
     start = time.monotonic()
     base = Path(base)
     base_cfg = load_config(base)
     outputs, results = resolve(base_cfg.outputs_dir), resolve(results_dir)
-    abls = collect(base, [Path(d) for d in deltas])
+    scale = Path(scale) if scale is not None else None
+    abls = collect(base, [Path(d) for d in deltas], scale)
     for ab in abls:
         ab.status, ab.note = record_state(ab, results, retry_failed)
-    model = CostModel(stage_seconds or estimated_seconds, (base,), abls[0].run, outputs, results)
+    model = CostModel(stage_seconds or estimated_seconds, abls[0].files, abls[0].run, outputs, results)
     if not dry_run:
         budget_s = math.inf if budget_min is None else budget_min * 60
         run_queue([ab for ab in abls if ab.status == LEFT], outputs, results, model, start + budget_s, command)
     estimate_left([ab for ab in abls if ab.status in (LEFT, FAILED)], model)
     print(format_table(abls))
-    write_json(results / STUDY_FILE, study_json(abls, base, budget_min, dry_run))
-    if not dry_run:
+    write_json(results / study_file(scale), study_json(abls, base, budget_min, dry_run, scale))
+    if not dry_run and scale is None:
         summarise(abls, results, ablation_summary_file(base_cfg))
     return abls

@@ -215,3 +215,24 @@ def test_measured_base_times_calibrate_the_plan(tmp_path, calls):
     write_json(stages_file, records)
     topk = next(a for a in _study(tmp_path, deltas, dry_run=True) if a.name == "topk_1")
     assert topk.minutes_left == pytest.approx(3 * M)
+
+
+def test_a_scale_overlay_runs_the_same_study_at_another_size(tmp_path, calls):
+    """The overlay goes last (its budget keys win over a delta's), names follow the manual recipes' pattern, and
+    the scaled study keeps its own plan file and records beside the full-size study's."""
+    scale = write(tmp_path / "eval" / "grpo_probe.yaml", "grpo_max_steps: 20\neval_systems: [query_dense, mrrec]\n")
+    topk = _topk(tmp_path, 1)
+    abls = _study(tmp_path, [topk], scale=scale)
+    assert [(a.name, a.run, a.status) for a in abls] == [("base", "base-grpo-probe", "ran now"),
+                                                         ("topk_1", "grpo-probe-topk_1", "ran now")]  # fmt: skip
+    assert abls[1].cfg.eval_systems == ["query_dense", "mrrec"] and abls[1].cfg.memory_top_k == 1
+    assert abls[1].cfg.grpo_max_steps == 20
+    assert by_run(calls)["grpo-probe-topk_1"] == ["03", "04", "05"]  # data and memory shared with the base
+    saved = read_json(tmp_path / "results" / "study-grpo-probe.json")
+    assert saved["scale"].endswith("grpo_probe.yaml") and saved["minutes_left"] == 0
+    assert not (tmp_path / "results" / "study.json").exists()
+    calls.clear()
+    assert _status(_study(tmp_path, [topk], scale=scale)) == {"base": "recorded", "topk_1": "recorded"}
+    assert calls == []
+    # The full-size study does not take the scaled records for its own.
+    assert _status(_study(tmp_path, [topk], dry_run=True)) == {"base": "left", "topk_1": "left"}
