@@ -170,6 +170,7 @@ class Config(BaseModel):
     # ---- GRPO (stage 04) --------------------------------------------------------------
     grpo_enabled: bool = True
     grpo_start: Literal["sft", "base"] = "sft"
+    grpo_seed: int | None = None  # GRPO's sampling, data order and init; None: `seed`. Another value replicates RL alone on the same data, memory and SFT policy
     grpo_num_generations: int = 4
     grpo_batch_prompts: int = 1  # x G completions per step; CPU default (paper: 256)
     grpo_max_steps: int = 4  # CPU default: ~1.5 min per step on the KV engine + ~2 min per validation; params/eval/grpo_probe.yaml (20 steps x 8 rollouts) is the first recipe that moved the policy; paper: epochs

@@ -34,7 +34,7 @@ IGNORED_KEYS = frozenset(
 # Keys added after records in results/ were committed, each with the value that reproduces what those records ran
 # (the code's behaviour before the key existed). At that value a key is left out of the stage hash, so adding it
 # neither makes every committed record stale nor reruns finished stages; any other value is hashed as usual.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"policy_prompt": "full"}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"policy_prompt": "full", "grpo_seed": None}
 
 # Stages 06 and 07 read things outside the run's own config (the ablation summary,
 # a user's typed request), so they are never skipped.

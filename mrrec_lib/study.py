@@ -47,6 +47,7 @@ PRIORITY = (
     "no_global_memory",
     "no_local_memory",
     "recr1",
+    "grpo_seed_1",
     "local_records_only",
     "local_patterns_only",
     "local_profile_only",

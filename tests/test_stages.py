@@ -35,16 +35,26 @@ def test_hash_neutral_key_is_hashed_only_away_from_its_neutral_value():
     assert all(getattr(Config(), k) == v for k, v in stages.HASH_NEUTRAL_DEFAULTS.items())
     full, compact = Config(), Config(policy_prompt="compact")
     assert stages.first_stage("policy_prompt") == "03"
-    assert stages.stage_hash(full, "05") == full.digest([k for k in stages.stage_keys("05") if k != "policy_prompt"])
+    neutral = set(stages.HASH_NEUTRAL_DEFAULTS)
+    assert stages.stage_hash(full, "05") == full.digest([k for k in stages.stage_keys("05") if k not in neutral])
     assert all(stages.stage_hash(full, s) == stages.stage_hash(compact, s) for s in ("01", "02"))
     assert all(stages.stage_hash(full, s) != stages.stage_hash(compact, s) for s in ("03", "04", "05"))
+
+
+def test_grpo_seed_reruns_rl_alone():
+    """A GRPO seed replicate shares data, memory and SFT with the base run; unset, it is the base run."""
+    base, replica = Config(), Config(grpo_seed=1)
+    assert stages.first_stage("grpo_seed") == "04"
+    assert stages.stage_hash(base, "05") == stages.stage_hash(Config(grpo_seed=None), "05")
+    assert all(stages.stage_hash(base, s) == stages.stage_hash(replica, s) for s in ("01", "02", "03"))
+    assert all(stages.stage_hash(base, s) != stages.stage_hash(replica, s) for s in ("04", "05"))
 
 
 def test_resume_key_is_hash_neutral_too():
     from mrrec_lib.train.common import BUDGET_KEYS, resume_key
 
     own_budget = {k for k in BUDGET_KEYS if stages.first_stage(k) == "04"}
-    keys = [k for k in stages.stage_keys("04") if k not in own_budget | {"policy_prompt"}]
+    keys = [k for k in stages.stage_keys("04") if k not in own_budget | set(stages.HASH_NEUTRAL_DEFAULTS)]
     assert resume_key(Config(), "04") == Config().digest(keys)
     assert resume_key(Config(), "04") != resume_key(Config(policy_prompt="compact"), "04")
 

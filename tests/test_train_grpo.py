@@ -286,3 +286,24 @@ def test_engine_rollouts_train_a_real_step(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1
     assert any("reward" in h for h in trainer.state.log_history)
+
+
+def test_grpo_seed_draws_the_rollouts_and_the_data_order(tmp_path, monkeypatch):
+    """A GRPO seed replicate changes what stage 04 samples; unset, stage 04 draws from the run's seed as before."""
+    from mrrec_lib.train import engine_rollout
+
+    assert build_grpo_config(_cfg(tmp_path), _paths(tmp_path)).seed == _cfg(tmp_path).seed
+    args = build_grpo_config(_cfg(tmp_path, grpo_seed=7), _paths(tmp_path))
+    assert args.seed == 7 and args.data_seed == 7
+    seeds = []
+
+    def fake_rollouts(*a, seed, **kw):
+        seeds.append(seed)
+        raise RuntimeError("stop after the seed")
+
+    monkeypatch.setattr(engine_rollout, "run_rollouts", fake_rollouts)
+    for grpo_seed in (None, 7):
+        cfg, _, rows, trainer, _ = _engine_trainer(tmp_path, grpo_seed=grpo_seed)
+        with pytest.raises(RuntimeError, match="stop after the seed"):
+            trainer._generate_and_score_completions([r for r in rows for _ in range(cfg.grpo_num_generations)])
+    assert seeds == [cfg.seed + 100_003, 7 + 100_003]

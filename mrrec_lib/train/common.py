@@ -33,6 +33,11 @@ def device_kwargs(cfg: Config) -> dict[str, Any]:
     return {"use_cpu": True, "bf16": False, "activation_checkpointing": False}
 
 
+def grpo_seed(cfg: Config) -> int:
+    """The seed of stage 04: `grpo_seed`, else the run's `seed` (what every run before the key existed used)."""
+    return cfg.seed if cfg.grpo_seed is None else cfg.grpo_seed
+
+
 def lora_config(cfg: Config):
     """The PEFT LoRA config, or None for full fine-tuning (cfg.use_lora=False)."""
     if not cfg.use_lora:

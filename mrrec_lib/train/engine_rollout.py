@@ -18,6 +18,7 @@ import numpy as np
 
 from mrrec_lib.agent.prompt import Prompt, policy_prompt_kind, prompt_tools
 from mrrec_lib.agent.rollout import ToolFn, run_rollouts
+from mrrec_lib.train.common import grpo_seed
 
 
 def engine_trainer_class() -> type:
@@ -47,7 +48,7 @@ def make_rollout_func(
 
     `tool_for(row)` is the memory tool of a dataset row (None: no tools, Rec-R1). The whole completion, model turns
     plus tool results, is bounded by `grpo_max_completion_length`, as TRL's `max_completion_length` bounds it.
-    Sampling is seeded from `cfg.seed` and the global step, so a resumed run draws what the first attempt drew.
+    Sampling is seeded from the stage's seed (`grpo_seed`, else `seed`) and the global step, so a resumed run draws what the first attempt drew.
     `policy_for(model, tokenizer)` wraps the training model for decoding (default: `LocalPolicy`, whose KV engine
     `run_rollouts` uses when `rollout_engine` is `kv`).
     """
@@ -79,7 +80,7 @@ def make_rollout_func(
                 [tool_for(r) for r in rows],
                 rollout_cfg,
                 qids=[str(r.get("qid", i)) for i, r in enumerate(rows)],
-                seed=cfg.seed + 100_003 * (trainer.state.global_step + 1),
+                seed=grpo_seed(cfg) + 100_003 * (trainer.state.global_step + 1),
                 progress=False,
             )
         finally:

@@ -38,7 +38,7 @@ from mrrec_lib.train.checkpoints import (
     publish_policy,
     stage_dir,
 )
-from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, resume_key, set_threads
+from mrrec_lib.train.common import device_kwargs, grpo_seed, lora_config, resume_checkpoint, resume_key, set_threads
 from mrrec_lib.train.environment import make_memory_env
 
 
@@ -107,8 +107,8 @@ def build_grpo_config(cfg: Config, paths: RunPaths, processes: int | None = None
         save_steps=max(cfg.grpo_save_every, 1),
         save_total_limit=2,
         report_to="none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=grpo_seed(cfg),
+        data_seed=grpo_seed(cfg),
         use_vllm=cfg.use_vllm and not dry_run,
         vllm_mode=cfg.vllm_mode,
         log_completions=cfg.grpo_log_completions,
@@ -201,7 +201,7 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
     from mrrec_lib.train.validation import make_policy_evaluator
 
     set_threads(cfg)
-    set_seed(cfg.seed)
+    set_seed(grpo_seed(cfg))
     which = policy_name(cfg)
     start = cfg.grpo_start
     if start == "sft" and not cfg.sft_enabled:
