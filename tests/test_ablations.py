@@ -31,6 +31,7 @@ FIRST_CHANGED = {
     "retriever_bm25": "02",
     "memory_builder_llm": "02",
     "grpo_from_base": "03",
+    "grpo_seed_1": "04",
     "seed_1": "01",
     "seed_2": "01",
     "recr1": "03",
