@@ -2,8 +2,8 @@
 
 The run goes into a temporary outputs folder; each stage's test then reads back
 the metrics JSON the notebook recorded, so a notebook that silently stops
-recording (or records nonsense) fails here. The whole test suite took 10.2 minutes on an
-idle 2-core machine (README), so every stage runs in `make test`.
+recording (or records nonsense) fails here. Every stage runs in `make test`; the README gives the
+suite's measured fresh-clone time.
 """
 
 from pathlib import Path
