@@ -159,7 +159,7 @@ class Config(BaseModel):
     sft_batch_size: int = 1  # 1: no padding, so CPU attention stays memory-efficient on ~1.5k-token conversations
     sft_grad_accum: int = 4
     sft_max_length: int = 1536  # longer conversations are dropped (prompt+tools ~850 tokens, +~400 per memory call)
-    sft_eval_queries: int = 16
+    sft_eval_queries: int = 16  # stage 03's before/after validation requests; 0: no validation pass
     sft_save_every: int = 50  # checkpoint interval in optimizer steps (resume after a kill)
     use_lora: bool = True
     lora_r: int = 16
@@ -180,7 +180,7 @@ class Config(BaseModel):
     grpo_epsilon: float = 0.2
     grpo_max_completion_length: int = 512  # model + tool-result tokens; fits 1-2 memory calls + answer (paper: 768)
     grpo_eval_every: int = 4
-    grpo_eval_queries: int = 16
+    grpo_eval_queries: int = 16  # 0: no validation (no early stopping, no before/after; the last step is published)
     grpo_patience: int = 1
     grpo_save_every: int = 4
     grpo_micro_batch: int = 2  # completions per device per forward/backward (memory); 0: the whole step at once

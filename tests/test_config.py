@@ -69,6 +69,16 @@ def test_every_shipped_params_file_loads(path):
     assert set(cfg.model_dump()) == FIELDS
 
 
+def test_smoke_recr1_companion_is_the_recr1_delta_plus_no_validation():
+    """The smoke run's companion must stay Rec-R1: every key of the shipped delta, with the same value."""
+    params = Path(__file__).resolve().parents[1] / "params"
+    recr1 = merge_params([params / "ablations" / "recr1.yaml"])
+    smoke = merge_params([params / "smoke_recr1.yaml"])
+    assert load_config(params / "smoke.yaml").eval_recr1_params == "params/smoke_recr1.yaml"
+    assert {k: smoke.get(k) for k in recr1} == recr1
+    assert {k: v for k, v in smoke.items() if k not in recr1} == {"sft_eval_queries": 0, "grpo_eval_queries": 0}
+
+
 def test_notebook_config_empty_run_name_keeps_the_configs(tmp_path):
     p = write(tmp_path, "a.yaml", "run_name: mine\n")
     assert notebook_config({"config_file": str(p), "run_name": ""}).run_name == "mine"

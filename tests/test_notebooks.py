@@ -76,7 +76,11 @@ def test_evaluation_fills_every_system_it_can_run(smoke_run):
     # Rec-R1 included: stage 05 trained it first in its own folder (eval_recr1_params), from this run's data.
     assert {s: v["status"] for s, v in m["systems"].items()} == {s: "ok" for s in cfg.eval_systems}
     recr1 = RunPaths(smoke_run.root.parent / cfg.eval_recr1_run)
-    assert read_json(recr1.metrics_file("04_rl"))["steps_run"] == cfg.grpo_max_steps
+    recr1_rl = read_json(recr1.metrics_file("04_rl"))
+    assert recr1_rl["steps_run"] == cfg.grpo_max_steps
+    # the companion's params (params/smoke_recr1.yaml) switch its validation passes off
+    assert recr1_rl["validation"] == [] and recr1_rl["paired"] == []
+    assert read_json(recr1.metrics_file("03_sft"))["validation"] == {}
     assert (recr1.root / "data" / "queries.parquet").stat().st_ino == (
         smoke_run.root / "data" / "queries.parquet"
     ).stat().st_ino  # data hard-linked from this run, not rebuilt

@@ -19,7 +19,7 @@ from mrrec_lib.config import Config, load_config
 from mrrec_lib.runs import RunPaths, read_jsonl
 from mrrec_lib.train.callbacks import StepLogger, ValidationCallback
 from mrrec_lib.train.environment import make_memory_env, tool_schema
-from mrrec_lib.train.grpo import batch_layout, build_grpo_config, build_grpo_trainer
+from mrrec_lib.train.grpo import batch_layout, before_after, build_grpo_config, build_grpo_trainer
 
 
 def _cfg(tmp_path, **kw) -> Config:
@@ -307,3 +307,10 @@ def test_grpo_seed_draws_the_rollouts_and_the_data_order(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError, match="stop after the seed"):
             trainer._generate_and_score_completions([r for r in rows for _ in range(cfg.grpo_num_generations)])
     assert seeds == [cfg.seed + 100_003, 7 + 100_003]
+
+
+def test_no_validation_queries_means_no_before_after():
+    """`grpo_eval_queries: 0` (the smoke run's Rec-R1 companion) evaluates nothing, so notebook 04 records no pairs."""
+    summary = {"start": "sft", "variant": "grpo", "best_step": 1, "validation": []}
+    table, paired = before_after(Config(grpo_eval_queries=0), None, summary)
+    assert table.empty and paired == []

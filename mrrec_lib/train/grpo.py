@@ -243,7 +243,7 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
     )
     callbacks: list[Any] = [StepLogger(steps_log)]
     validator = None
-    if cfg.grpo_eval_every > 0:
+    if cfg.grpo_eval_every > 0 and cfg.grpo_eval_queries > 0:
         if evaluate is None:
             val_q = queries[queries["split"] == "val"].head(cfg.grpo_eval_queries)
             evaluate = make_policy_evaluator(cfg, tokenizer, store, retriever, val_q)
@@ -288,9 +288,13 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
 def before_after(cfg: Config, paths: RunPaths, summary: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Validation metrics of the start policy vs the published (best) one, and their paired per-query differences.
 
-    Read from the validation log when it has both steps; otherwise both policies are evaluated afresh.
+    Read from the validation log when it has both steps; otherwise both policies are evaluated afresh. Empty
+    with `grpo_eval_queries: 0` (a run that validates nowhere, e.g. the smoke run's Rec-R1 companion).
     """
     from mrrec_lib.train.validation import compare_policies, paired_change, scalar_table
+
+    if cfg.grpo_eval_queries <= 0:
+        return pd.DataFrame(), []
 
     val = {row["step"]: row for row in summary["validation"]}
     if 0 in val and summary["best_step"] in val:
