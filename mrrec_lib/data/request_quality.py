@@ -71,10 +71,13 @@ def text_stats(requests: pd.Series, reviews: pd.Series) -> dict[str, float]:
     }
 
 
-def _similarity(encoder: Encoder, texts: list[str], real: list[str]) -> float:
-    a = np.asarray(encoder.encode(texts, kind="query"), dtype=np.float32)
-    b = np.asarray(encoder.encode(real, kind="query"), dtype=np.float32)
-    return round(float(np.mean(np.sum(a * b, axis=1))), 3) if len(texts) else 0.0
+def _embed(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    return np.asarray(encoder.encode(texts, kind="query"), dtype=np.float32)
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of index-aligned (normalised) embeddings."""
+    return round(float(np.mean(np.sum(a * b, axis=1))), 3) if len(a) else 0.0
 
 
 def builder_vs_c4(pairs: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
@@ -90,9 +93,10 @@ def builder_vs_c4(pairs: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
         "extractive simplified": pd.Series([s for _, s in built]),
     }
     reviews = pairs["ori_review"].reset_index(drop=True)
-    real = texts["Amazon-C4 request (real)"].tolist()
+    vecs = {name: _embed(encoder, t.tolist()) for name, t in texts.items()}  # the real requests once, not per row
+    real = vecs["Amazon-C4 request (real)"]
     rows = {
-        name: {**text_stats(t, reviews), "similarity_to_real": _similarity(encoder, t.tolist(), real)}
+        name: {**text_stats(t, reviews), "similarity_to_real": _similarity(vecs[name], real)}
         for name, t in texts.items()
     }
     return pd.DataFrame(rows).T
