@@ -205,6 +205,11 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSONL log atomically (e.g. cut back to a resumed checkpoint)."""
+    atomic_write_text(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSONL file, ignoring a torn last line left by a kill mid-write."""
     if not path.exists():

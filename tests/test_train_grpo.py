@@ -314,3 +314,22 @@ def test_no_validation_queries_means_no_before_after():
     summary = {"start": "sft", "variant": "grpo", "best_step": 1, "validation": []}
     table, paired = before_after(Config(grpo_eval_queries=0), None, summary)
     assert table.empty and paired == []
+
+
+def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
+    """A run killed after logging step 11 but checkpointed at 10 reruns step 11: its curve must not hold it twice."""
+    from types import SimpleNamespace
+
+    from mrrec_lib.runs import append_jsonl
+
+    steps, val = tmp_path / "steps.jsonl", tmp_path / "val.jsonl"
+    append_jsonl(steps, [{"step": s, "reward": 0.1 * s} for s in (1, 10, 11)])
+    append_jsonl(val, [{"step": 0, "ndcg@100": 0.2}, {"step": 10, "ndcg@100": 0.1}, {"step": 15, "ndcg@100": 0.3}])
+    state = SimpleNamespace(global_step=10, is_world_process_zero=True)
+    StepLogger(steps).on_train_begin(None, state, None)
+    assert [r["step"] for r in read_jsonl(steps)] == [1, 10]
+    validator = ValidationCallback(lambda m: {"ndcg@100": 0.0}, lambda s: None, val, every=5, patience=3)
+    assert validator.best_step == 15  # read from the whole log at construction
+    validator.on_train_begin(None, state, None, model=None)  # step 10 already validated: nothing evaluated
+    assert [r["step"] for r in read_jsonl(val)] == [0, 10]
+    assert (validator.best_step, validator.bad_evals) == (0, 1)

@@ -1,7 +1,8 @@
 """Trainer callbacks: per-step logs to the run folder, and validation with early stopping.
 
 Both keep their state in append-only JSONL files under `paths.logs`, so a resumed
-run continues its curves and its patience counter instead of starting them over.
+run continues its curves and its patience counter instead of starting them over; rows
+a killed run wrote after its last checkpoint are dropped on resume, since those steps rerun.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import pandas as pd
 from transformers import TrainerCallback
 
-from mrrec_lib.runs import append_jsonl, atomic_write_text, read_jsonl
+from mrrec_lib.runs import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 
 
 class StepLogger(TrainerCallback):
@@ -53,9 +54,22 @@ class StepLogger(TrainerCallback):
         }
         append_jsonl(self.jsonl_path, [row])
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            rows_up_to(self.jsonl_path, state.global_step)
+
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             write_csv_mirror(self.jsonl_path)
+
+
+def rows_up_to(jsonl_path: Path, step: int, rewrite: bool = True) -> list[dict[str, Any]]:
+    """The log's rows up to `step` (the checkpoint a run resumes from), rewriting the file without the rest."""
+    rows = read_jsonl(jsonl_path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if rewrite and len(kept) < len(rows):
+        write_jsonl(jsonl_path, kept)
+    return kept
 
 
 def write_csv_mirror(jsonl_path: Path) -> Path:
@@ -130,6 +144,8 @@ class ValidationCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.history = rows_up_to(self.log_path, state.global_step, rewrite=state.is_world_process_zero)
+        self.best_value, self.best_step, self.bad_evals = self._replay(self.history)
         self._run(state.global_step, model, control, state.is_world_process_zero)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
