@@ -255,6 +255,24 @@ def test_builder_quality_against_c4_pairs(tmp_path):
     assert review_word_share("sturdy case for game cards", "holds my game cards") == pytest.approx(2 / 4)
 
 
+def test_builder_quality_embeddings_are_cached_per_encoder_and_texts(tmp_path):
+    """A later run on the same sample reads the cached embeddings: the encoder is not called again."""
+    pairs = pd.DataFrame({"query": ["A warm blanket for movie nights."], "ori_review": ["So cozy."], "rating": [5.0]})
+    calls = []
+
+    class Counting(FakeEncoder):
+        def encode(self, texts, kind="query"):
+            calls.append(len(texts))
+            return super().encode(texts, kind)
+
+    first = builder_vs_c4(pairs, Counting(), tmp_path, ["enc-a"])
+    again = builder_vs_c4(pairs, Counting(), tmp_path, ["enc-a"])
+    pd.testing.assert_frame_equal(first, again)
+    assert len(calls) == 1
+    builder_vs_c4(pairs, Counting(), tmp_path, ["enc-b"])  # another encoder: its own embeddings
+    assert len(calls) == 2
+
+
 def test_run_request_stats_per_builder_and_extractive_on_the_same_targets():
     queries = pd.DataFrame(
         {

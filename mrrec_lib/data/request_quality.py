@@ -17,6 +17,7 @@ The same length and review-word statistics are given for our run's requests
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,13 +26,26 @@ import pandas as pd
 from mrrec_lib.config import Config
 from mrrec_lib.data.overlap import content_words
 from mrrec_lib.data.queries import extractive_request, review_views
-from mrrec_lib.runs import shared_data_path
+from mrrec_lib.memory.embed import encode_unique, encoder_id
+from mrrec_lib.runs import cache_dir, shared_data_path
 
 PAIR_COLUMNS = ("query", "ori_review", "c4_file")
 
 
 class Encoder(Protocol):
     def encode(self, texts: list[str], kind: str = "query") -> np.ndarray: ...
+
+
+class _EncoderOnDemand:
+    """`make_encoder(cfg)` at the first cache miss: a run whose sample is cached never imports the model."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
+        from mrrec_lib.retrieval.encoder import make_encoder
+
+        return make_encoder(self.cfg).encode(texts, kind=kind)
 
 
 def c4_test_pairs(cfg: Config) -> pd.DataFrame:
@@ -71,18 +85,19 @@ def text_stats(requests: pd.Series, reviews: pd.Series) -> dict[str, float]:
     }
 
 
-def _embed(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    return np.asarray(encoder.encode(texts, kind="query"), dtype=np.float32)
-
-
 def _similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Mean cosine of index-aligned (normalised) embeddings."""
     return round(float(np.mean(np.sum(a * b, axis=1))), 3) if len(a) else 0.0
 
 
-def builder_vs_c4(pairs: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
+def builder_vs_c4(
+    pairs: pd.DataFrame, encoder: Encoder, cache: Path | None = None, cache_key: list | None = None
+) -> pd.DataFrame:
     """Rows: the real C4 requests, the extractive builder's request and its simplified sentence, all from the
-    same reviews; columns n, mean_words, review_word_share, similarity_to_real."""
+    same reviews; columns n, mean_words, review_word_share, similarity_to_real.
+
+    With `cache` (a directory) the embeddings are stored under the encoder's `cache_key` and the texts, so
+    every later run on the same sample reads them instead of encoding."""
     views = pd.DataFrame(
         {"review_title": "", "review_text": pairs["ori_review"], "rating": pairs["rating"], "category": ""}
     )
@@ -93,7 +108,10 @@ def builder_vs_c4(pairs: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
         "extractive simplified": pd.Series([s for _, s in built]),
     }
     reviews = pairs["ori_review"].reset_index(drop=True)
-    vecs = {name: _embed(encoder, t.tolist()) for name, t in texts.items()}  # the real requests once, not per row
+    flat = [text for t in texts.values() for text in t.tolist()]
+    emb = encode_unique(encoder, flat, "query", cache, cache_key or [])  # the real requests once, not per row
+    bounds = np.cumsum([0] + [len(t) for t in texts.values()])
+    vecs = {name: emb[bounds[i] : bounds[i + 1]] for i, name in enumerate(texts)}
     real = vecs["Amazon-C4 request (real)"]
     rows = {
         name: {**text_stats(t, reviews), "similarity_to_real": _similarity(vecs[name], real)}
@@ -128,8 +146,12 @@ def run_request_stats(queries: pd.DataFrame, interactions: pd.DataFrame) -> pd.D
     return pd.DataFrame(rows).T
 
 
-def request_quality(cfg: Config, queries: pd.DataFrame, interactions: pd.DataFrame, encoder: Encoder) -> dict[str, Any]:
-    """Both tables as JSON-ready dicts, for `metrics/01_data.json` under `request_quality`."""
+def request_quality(
+    cfg: Config, queries: pd.DataFrame, interactions: pd.DataFrame, encoder: Encoder | None = None
+) -> dict[str, Any]:
+    """Both tables as JSON-ready dicts, for `metrics/01_data.json` under `request_quality`.
+
+    Without `encoder`, cfg's encoder is loaded only if the sample's embeddings are not in the shared cache."""
 
     def records(df: pd.DataFrame) -> dict[str, dict[str, float]]:
         return {
@@ -137,9 +159,13 @@ def request_quality(cfg: Config, queries: pd.DataFrame, interactions: pd.DataFra
         }
 
     pairs = c4_test_pairs(cfg)
+    if encoder is None:  # cfg's encoder: its embeddings may be shared through the cache, a caller's may not
+        vs_c4 = builder_vs_c4(pairs, _EncoderOnDemand(cfg), cache_dir(cfg) / "emb", encoder_id(cfg))
+    else:
+        vs_c4 = builder_vs_c4(pairs, encoder)
     return {
         "c4_pairs_file": cfg.c4_pairs_file,
         "c4_test_pairs_sampled": int(len(pairs)),
-        "vs_real_c4": records(builder_vs_c4(pairs, encoder)),
+        "vs_real_c4": records(vs_c4),
         "this_run": records(run_request_stats(queries, interactions)),
     }
