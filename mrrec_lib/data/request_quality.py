@@ -10,7 +10,7 @@ none) and compared with the real requests on
   from the review rather than inferred;
 - `similarity_to_real`: mean cosine similarity of its embedding to the real
   request's (any encoder with `encode(texts, kind=...)` returning L2-normalised
-  rows; the notebook passes `make_encoder(cfg)`).
+  rows; by default cfg's encoder, its embeddings kept in the shared cache).
 The same length and review-word statistics are given for our run's requests
 (shared and extractive, on the same targets), so the three can be read side by side.
 """
