@@ -68,6 +68,11 @@ def cache_dir(cfg: Config | None = None) -> Path:
     return d
 
 
+def embedding_cache_dir(cfg: Config | None = None) -> Path:
+    """Content-keyed embeddings shared by every run, so item and request vectors are encoded once."""
+    return cache_dir(cfg) / "emb"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path

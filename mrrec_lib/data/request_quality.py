@@ -27,7 +27,7 @@ from mrrec_lib.config import Config
 from mrrec_lib.data.overlap import content_words
 from mrrec_lib.data.queries import extractive_request, review_views
 from mrrec_lib.memory.embed import encode_unique, encoder_id
-from mrrec_lib.runs import cache_dir, shared_data_path
+from mrrec_lib.runs import embedding_cache_dir, shared_data_path
 
 PAIR_COLUMNS = ("query", "ori_review", "c4_file")
 
@@ -160,7 +160,7 @@ def request_quality(
 
     pairs = c4_test_pairs(cfg)
     if encoder is None:  # cfg's encoder: its embeddings may be shared through the cache, a caller's may not
-        vs_c4 = builder_vs_c4(pairs, _EncoderOnDemand(cfg), cache_dir(cfg) / "emb", encoder_id(cfg))
+        vs_c4 = builder_vs_c4(pairs, _EncoderOnDemand(cfg), embedding_cache_dir(cfg), encoder_id(cfg))
     else:
         vs_c4 = builder_vs_c4(pairs, encoder)
     return {

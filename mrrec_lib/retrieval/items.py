@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 from mrrec_lib.config import Config
 from mrrec_lib.retrieval.encoder import TextEncoder, embedding_key, make_encoder, model_slug
 from mrrec_lib.retrieval.index import POOL_BLOCK, QUERY_BATCH, BM25Index, DenseIndex, make_index
-from mrrec_lib.runs import RunPaths, cache_dir
+from mrrec_lib.runs import RunPaths, embedding_cache_dir
 
 Kind = Literal["dense", "bm25"]
 LONG_SCAN = 50_000_000  # (texts x pool items) from which a scan shows a progress bar: a few seconds on one core
 
 
 def _cache_file(cfg: Config, model: str, key: str) -> Path:
-    return cache_dir(cfg) / "emb" / f"items_{model_slug(model)}_{key[:24]}.npy"
+    return embedding_cache_dir(cfg) / f"items_{model_slug(model)}_{key[:24]}.npy"
 
 
 def item_texts(items: pd.DataFrame) -> list[str]:
