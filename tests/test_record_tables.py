@@ -62,3 +62,30 @@ def test_missing_results_folder_and_empty_plot_are_clear_errors(tmp_path):
         rt.ablation_specs(tmp_path)
     with pytest.raises(ValueError, match="no committed ablation tables"):
         rt.plot_forest({})
+
+
+def test_topk_sweep_reads_k_from_the_records_and_keeps_only_rows_that_changed_k_alone(committed):
+    """Test-time top-k 1 and 5 and the reference (k=3) form the curve; no-global/levels rows and other systems do not."""
+    curve = rt.sweep(committed["probe_testtime"], RESULTS, "memory_top_k")
+    assert curve["memory_top_k"].tolist() == [1, 3, 5]
+    assert curve["row"].tolist() == ["default-grpo-probe-on-topk_1:mrrec", "default-grpo-probe:mrrec",
+                                     "default-grpo-probe-on-topk_5:mrrec"]
+    assert curve["reference"].tolist() == [False, True, False]
+    table = committed["probe_testtime"].table.set_index("row")
+    assert curve.loc[0, "mean"] == pytest.approx(table.loc["default-grpo-probe-on-topk_1:mrrec", "N@100"])
+    assert curve.loc[0, "d"] == pytest.approx(table.loc["default-grpo-probe-on-topk_1:mrrec", "d_N@100"])
+    assert (curve["lo"] <= curve["mean"]).all() and (curve["mean"] <= curve["hi"]).all()
+    with pytest.raises(ValueError, match="not one of its setting_keys"):
+        rt.sweep(committed["probe_testtime"], RESULTS, "seed")
+
+
+def test_sweep_plot_draws_each_curve_and_refuses_nothing_or_mixed_metrics(committed):
+    curve = rt.sweep(committed["probe_testtime"], RESULTS, "memory_top_k")
+    fig = rt.plot_sweep({"test-time": curve}, "memory_top_k")
+    ax = fig.get_axes()[0]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx(curve["mean"].tolist())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "5"]
+    with pytest.raises(ValueError, match="nothing to plot"):
+        rt.plot_sweep({"empty": curve.iloc[:0]}, "memory_top_k")
+    with pytest.raises(ValueError, match="different headline metrics"):
+        rt.plot_sweep({"a": curve, "b": curve.assign(metric="R@100")}, "memory_top_k")

@@ -1,4 +1,4 @@
-"""The committed ablation tables (results/tables/*.yaml) as forest plots for notebook 06.
+"""The committed ablation tables (results/tables/*.yaml) as forest plots and one-setting curves for notebook 06.
 
 Why: the retrained study (`mrrec ablate`) needs far more 2-core CPU time than a session has, so what has been
 measured are partial ablations recorded one run at a time in `results/` (a trained policy scored with a memory
@@ -7,7 +7,8 @@ panels, recomputed from the committed per-request rows: each row's paired differ
 with the user-level CI, the minimum detectable difference, and the malformed share, because at 135M removing a
 component often changes how many answers parse, which moves the headline more than the component's content does.
 A table counts as an ablation table when its spec declares `setting_keys` (its rows differ from the reference by a
-config setting); the Table 1 specs compare systems and declare none.
+config setting); the Table 1 specs compare systems and declare none. The paper's Fig. 6 (memory top-k) is such a
+table read as a curve: the rows that changed one setting alone, placed at that setting's recorded value.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from mrrec_lib.config import changed_keys
 from mrrec_lib.results.combined import TableSpec, combined_table, read_spec
+from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import json_records
 
 
@@ -38,6 +41,10 @@ class CommittedTable:
 
     def ablated(self) -> pd.DataFrame:
         return self.table[self.table["row"] != self.reference_row]
+
+    @property
+    def reference_system(self) -> str:
+        return self.spec.reference[1]
 
     def reference_malformed(self) -> float:
         return float(self.table.loc[self.table["row"] == self.reference_row, "malformed_rate"].iloc[0])
@@ -89,6 +96,61 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
         ax.grid(axis="x", alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="lower right")
     axes[-1, 0].set_xlabel("reference minus ablated (positive: the removed part helps)")
+    fig.tight_layout()
+    return fig
+
+
+def sweep(t: CommittedTable, results_dir: str | Path, key: str) -> pd.DataFrame:
+    """The points of a one-setting curve (Fig. 6: memory top-k): the reference and every row of its system whose
+    record differs from the reference's in `key` alone among the table's setting keys, with the value of `key`.
+
+    Why from the records' configs and not the rendered "setting" text: a row that changed nothing else is the
+    condition for reading the curve as the effect of `key`, and the value is typed (k=1 sorts before k=10)."""
+    if key not in t.spec.setting_keys:
+        raise ValueError(f"table {t.spec.name}: {key!r} is not one of its setting_keys {t.spec.setting_keys}")
+    results = Path(results_dir)
+    ref_cfg = read_config(results / t.spec.reference[0])
+    m = t.spec.metrics[0]
+    points = []
+    for row in t.table.to_dict("records"):
+        run, _, system = row["row"].partition(":")
+        if system != t.reference_system:
+            continue
+        cfg = read_config(results / run)
+        if set(changed_keys(ref_cfg, cfg, t.spec.setting_keys)) - {key}:
+            continue
+        points.append({"row": row["row"], key: getattr(cfg, key), "metric": m, "mean": row[m], "lo": row[f"{m}_lo"],
+                       "hi": row[f"{m}_hi"], "d": row.get(f"d_{m}", float("nan")),
+                       "malformed_rate": row["malformed_rate"], "reference": row["row"] == t.reference_row})
+    return pd.DataFrame(points).sort_values(key, ignore_index=True) if points else pd.DataFrame(points)
+
+
+def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
+    """One line per table (e.g. retrained vs test-time), mean and 95% user-cluster CI over the setting's values,
+    the reference setting ringed. Points of different tables are separate runs, so compare within a line."""
+    curves = {name: c for name, c in curves.items() if len(c)}
+    if not curves:
+        raise ValueError(f"no committed rows vary {key!r} alone: nothing to plot")
+    metrics = {m for c in curves.values() for m in c["metric"]}
+    if len(metrics) != 1:
+        raise ValueError(f"the curves report different headline metrics {sorted(metrics)}: not one axis")
+    metric = metrics.pop()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width = 0.06 * max(1, len(curves) - 1)
+    for i, (name, c) in enumerate(curves.items()):
+        x = c[key].to_numpy(float) + (i - (len(curves) - 1) / 2) * width
+        y = c["mean"].to_numpy(float)
+        err = [y - c["lo"].to_numpy(float), c["hi"].to_numpy(float) - y]
+        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{name} ({len(c)} runs)")
+        ref = c["reference"].to_numpy(bool)
+        ax.scatter(x[ref], y[ref], s=160, facecolors="none", edgecolors=line[0].get_color())
+    values = sorted({v for c in curves.values() for v in c[key]})
+    ax.set_xticks(values)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{metric} (95% CI, users resampled)")
+    ax.set_title(f"{metric} vs {key}, from the committed records (ringed: the reference setting)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
