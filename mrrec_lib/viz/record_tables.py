@@ -136,9 +136,8 @@ def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
         raise ValueError(f"the curves report different headline metrics {sorted(metrics)}: not one axis")
     metric = metrics.pop()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    width = 0.06 * max(1, len(curves) - 1)
     for i, (name, c) in enumerate(curves.items()):
-        x = c[key].to_numpy(float) + (i - (len(curves) - 1) / 2) * width
+        x = c[key].to_numpy(float) + (i - (len(curves) - 1) / 2) * 0.06  # side by side, centred on the value
         y = c["mean"].to_numpy(float)
         err = [y - c["lo"].to_numpy(float), c["hi"].to_numpy(float) - y]
         line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{name} ({len(c)} runs)")
