@@ -458,3 +458,48 @@ def test_801_rows_extend_the_320_rows_they_resumed_from():
         assert len(a) == 801 and len(b) == 320 and set(b.index) <= set(a.index)
         cols = ["rank_excl", "rank_keep", "malformed", "tool_calls"]
         pd.testing.assert_frame_equal(a.loc[b.index, cols], b[cols], check_dtype=False)
+
+
+def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_path):
+    """`replicates`: the reference retrained with another seed is one draw of run-to-run noise, not a hypothesis."""
+    import shutil
+
+    import yaml
+
+    from mrrec_lib.eval.stats import holm
+    from mrrec_lib.results.combined import combined_table, read_spec, table_markdown, within_noise
+
+    for run in ("default-grpo-probe", "grpo-probe-topk_1", "grpo-probe-no_local_memory"):
+        shutil.copytree(ROOT_RESULTS / run, tmp_path / run)
+    rerun = tmp_path / "default-grpo-probe-rerun"
+    shutil.copytree(ROOT_RESULTS / "default-grpo-probe", rerun)
+    cfg = yaml.safe_load((rerun / "config.yaml").read_text())
+    (rerun / "config.yaml").write_text(yaml.safe_dump({**cfg, "grpo_seed": 1}))
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    spec_file = tables / "t.yaml"
+    rows = ["grpo-probe-topk_1:mrrec", "grpo-probe-no_local_memory:mrrec", "default-grpo-probe-rerun:mrrec",
+            "default-grpo-probe:mrrec"]
+    spec_file.write_text(yaml.safe_dump({
+        "title": "t", "rows": rows, "reference": "default-grpo-probe:mrrec", "metrics": ["N@100"],
+        "setting_keys": ["memory_top_k", "local_memory"], "replicates": ["default-grpo-probe-rerun:mrrec"]}))
+    spec = read_spec(spec_file)
+    table, _ = combined_table(spec, tmp_path)
+    by_row = table.set_index("row")
+    assert by_row.loc["default-grpo-probe-rerun:mrrec", "replicate"]
+    assert by_row.loc["default-grpo-probe-rerun:mrrec", "d_N@100"] == 0  # identical per-request rows
+    assert math.isnan(by_row.loc["default-grpo-probe-rerun:mrrec", "holm_N@100"])
+    ablated = ["grpo-probe-topk_1:mrrec", "grpo-probe-no_local_memory:mrrec"]
+    assert by_row.loc[ablated, "holm_N@100"].tolist() == pytest.approx(holm(by_row.loc[ablated, "p_N@100"].tolist()))
+    assert within_noise(table, "N@100") == []  # a zero spread holds no ablation with a nonzero difference
+    text = table_markdown(spec, tmp_path, tmp_path)
+    assert "— replicate" in text and "Run-to-run: reference minus replicate" in text and "0 of 2 ablated rows" in text
+
+    bad = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**bad, "replicates": ["grpo-probe-topk_1:mrrec"]}))
+    with pytest.raises(ValueError, match=r"also changes \['memory_top_k'\]"):
+        combined_table(read_spec(spec_file), tmp_path)
+    for replicate in ("default-grpo-probe:mrrec", "nowhere:mrrec"):
+        spec_file.write_text(yaml.safe_dump({**bad, "replicates": [replicate]}))
+        with pytest.raises(ValueError, match="must be rows of the reference's system"):
+            read_spec(spec_file)

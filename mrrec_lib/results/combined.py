@@ -9,10 +9,16 @@ Every row is restricted to the requests all rows share; each row's mean and CI a
 (`recompute.metric_cells`, the row's own record config for seed and draws), and each paired test is
 `compare.compare_records` against the reference, which refuses rows from another pool, request set or headline
 rule. Holm's correction runs over the table's rows (one family per metric and subset).
+
+A row listed under `replicates` retrains the reference's own configuration with another seed (`grpo_seed: 1`). Its
+difference from the reference is not an ablation's effect but one draw of the run-to-run training noise that the
+user-bootstrap CI of every other row leaves out, so it is shown beside the rows, kept out of the Holm family, and
+the rendered block says which rows' differences are within it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +46,10 @@ class TableSpec:
     metrics: list[str]
     subsets: list[str]
     setting_keys: list[str] = field(default_factory=list)  # config keys shown where a row's record differs from the reference's
+    replicates: list[tuple[str, str]] = field(default_factory=list)  # reruns of the reference with another seed
+
+
+REPLICATE_KEYS = ("grpo_seed",)  # the only keys a replicate may change: another seed on the same split, memory and SFT
 
 
 def _pair(spec: str, where: str) -> tuple[str, str]:
@@ -51,7 +61,8 @@ def _pair(spec: str, where: str) -> tuple[str, str]:
 
 def read_spec(path: str | Path) -> TableSpec:
     """A table spec YAML: `title`, `rows` (RUN:SYSTEM list), `reference` (one of them), `metrics`, `subsets`,
-    `setting_keys` (config keys shown where a row's record differs from the reference's)."""
+    `setting_keys` (config keys shown where a row's record differs from the reference's), `replicates` (rows that
+    rerun the reference with another seed)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table spec not found: {path}")
@@ -72,7 +83,11 @@ def read_spec(path: str | Path) -> TableSpec:
     if unknown_keys:
         raise ValueError(f"{path}: setting_keys {unknown_keys} are not config keys")
     metrics = list(data.get("metrics", ["N@100", "R@100"]))
-    return TableSpec(path.stem, str(data["title"]), rows, reference, metrics, subsets, keys)
+    replicates = [_pair(r, str(path)) for r in data.get("replicates", [])]
+    stray = [f"{r}:{s}" for r, s in replicates if (r, s) not in rows or (r, s) == reference or s != reference[1]]
+    if stray:
+        raise ValueError(f"{path}: replicates {stray} must be rows of the reference's system, other than the reference")
+    return TableSpec(path.stem, str(data["title"]), rows, reference, metrics, subsets, keys, replicates)
 
 
 def _setting(cfg: Any, ref_cfg: Any, keys: list[str]) -> str:
@@ -111,6 +126,9 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": label, "memory": memory}
         if spec.setting_keys:
             row["setting"] = _setting(cfg, ref_cfg, spec.setting_keys)
+        row["replicate"] = (record.name, system) in spec.replicates
+        if row["replicate"]:
+            _check_replicate(cfg, ref_cfg, spec, record)
         for m in spec.metrics:
             row.update({m: cells[m], f"{m}_lo": cells[f"{m}_lo"], f"{m}_hi": cells[f"{m}_hi"]})
         row["malformed_rate"] = float(df["malformed"].mean()) if "malformed" in df else float("nan")
@@ -124,12 +142,32 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         out.append(row)
     table = pd.DataFrame(out)
     for m in spec.metrics:
-        tested = table[f"p_{m}"].notna() if f"p_{m}" in table else pd.Series(False, index=table.index)
+        tested = table[f"p_{m}"].notna() & ~table["replicate"] if f"p_{m}" in table else pd.Series(False, index=table.index)
         table[f"holm_{m}"] = float("nan")
         if tested.any():
             table.loc[tested, f"holm_{m}"] = holm(table.loc[tested, f"p_{m}"].tolist())
     users = per_row[0][2].loc[shared, "user_id"].nunique()
     return table, {"subset": subset, "requests": len(shared), "users": int(users)}
+
+
+def _check_replicate(cfg: Any, ref_cfg: Any, spec: TableSpec, record: Path) -> None:
+    """A replicate that changed more than a seed would pass an ablation off as noise."""
+    moved = set(changed_keys(ref_cfg, cfg, [*spec.setting_keys, *REPLICATE_KEYS])) - set(REPLICATE_KEYS)
+    if moved:
+        raise ValueError(f"{record}: listed as a replicate of {spec.reference[0]} but its config also changes {sorted(moved)}")
+
+
+def run_to_run(table: pd.DataFrame, metric: str) -> float:
+    """The largest |reference minus replicate| on `metric` (NaN without replicates): one retraining's spread."""
+    rep = table[table["replicate"]]
+    return float(rep[f"d_{metric}"].abs().max()) if len(rep) else float("nan")
+
+
+def within_noise(table: pd.DataFrame, metric: str) -> list[str]:
+    """The ablated rows whose |difference| from the reference is no larger than the replicates' spread."""
+    spread = run_to_run(table, metric)
+    rows = table[table[f"d_{metric}"].notna() & ~table["replicate"]] if f"d_{metric}" in table else table.iloc[:0]
+    return [] if math.isnan(spread) else rows.loc[rows[f"d_{metric}"].abs() <= spread, "row"].tolist()
 
 
 def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) -> str:
@@ -150,7 +188,19 @@ def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) ->
         what = "all shared requests" if subset == "all" else f"subset `{subset}`"
         lines += ["", f"{what}: {info['requests']} requests from {info['users']} users", ""]
         lines.append(to_markdown(_display(table, spec)).rstrip("\n"))
+        if spec.replicates:
+            lines += ["", _noise_line(table, spec.metrics[0])]
     return "\n".join(lines) + "\n"
+
+
+def _noise_line(table: pd.DataFrame, m: str) -> str:
+    reps = table[table["replicate"]]
+    each = "; ".join(f"`{r['row']}` {_signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
+    inside = within_noise(table, m)
+    return (f"Run-to-run: reference minus replicate (the same configuration retrained with another seed), {m}: {each}. "
+            f"{len(inside)} of {int((table[f'd_{m}'].notna() & ~table['replicate']).sum())} ablated rows differ from the "
+            f"reference by no more than that (|Δ| ≤ {run_to_run(table, m):.3f})"
+            + (f": {', '.join(f'`{r}`' for r in inside)}." if inside else "."))
 
 
 def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
@@ -158,7 +208,7 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     for r in table.to_dict("records"):
         reference = r["row"] == f"{spec.reference[0]}:{spec.reference[1]}"
         row = {
-            "System": f"**{r['label']}** (reference)" if reference else r["label"],
+            "System": f"**{r['label']}** (reference)" if reference else r["label"] + (" — replicate" if r["replicate"] else ""),
             "Memory": r["memory"],
             "Record": f"`{r['row']}`",
         }
@@ -168,7 +218,7 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
             row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         m = spec.metrics[0]
         row[f"Δ {m} [CI]"] = "—" if reference else _signed_ci(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"])
-        row["Holm p"] = "—" if reference else fmt(r[f"holm_{m}"], ".3f")
+        row["Holm p"] = "—" if reference or r["replicate"] else fmt(r[f"holm_{m}"], ".3f")
         row["MDD"] = "—" if reference else fmt(r[f"mdd_{m}"], ".3f")
         row["Malformed"] = fmt(r["malformed_rate"], ".0%")
         rows.append(row)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import changed_keys
-from mrrec_lib.results.combined import TableSpec, combined_table, read_spec
+from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run
 from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import json_records
 
@@ -74,7 +74,9 @@ def row_label(row: dict, reference_malformed: float) -> str:
 
 def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
     """One panel per table: reference minus row on the table's headline metric, 95% user-cluster CI, and the
-    row's MDD as a grey band (a difference inside it is not detectable at this n)."""
+    row's MDD as a grey band (a difference inside it is not detectable at this n). A table with replicates (the
+    reference retrained with another seed) marks them and draws ±their largest difference as dashed lines: a row
+    inside them differs from the reference by no more than retraining it did."""
     if not tables:
         raise ValueError("no committed ablation tables to plot")
     heights = [max(1, len(t.ablated())) for t in tables.values()]
@@ -90,6 +92,12 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
         ax.barh(y, 2 * mdd, left=-mdd, height=0.5, color="0.88", label="±MDD (80% power)")
         ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", color="tab:blue", capsize=3, label="difference, 95% CI")
         ax.axvline(0, color="0.3", lw=0.8)
+        replicate = rows["replicate"].to_numpy(bool) if "replicate" in rows else np.zeros(len(rows), bool)
+        if replicate.any():
+            spread = run_to_run(t.table, m)
+            ax.plot(d[replicate], y[replicate], "D", color="tab:orange", label="replicate: another seed")
+            for x in (-spread, spread):
+                ax.axvline(x, color="tab:orange", lw=0.8, ls="--")
         ref_bad = t.reference_malformed()
         ax.set_yticks(y, [row_label(r, ref_bad) for r in rows.to_dict("records")], fontsize=8)
         ax.set_title(f"{name}: {t.reference_row} minus row, {m} ({t.requests} requests, {t.users} users)", fontsize=9)
