@@ -492,6 +492,10 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     ablated = ["grpo-probe-topk_1:mrrec", "grpo-probe-no_local_memory:mrrec"]
     assert by_row.loc[ablated, "holm_N@100"].tolist() == pytest.approx(holm(by_row.loc[ablated, "p_N@100"].tolist()))
     assert within_noise(table, "N@100") == []  # a zero spread holds no ablation with a nonzero difference
+    from mrrec_lib.viz.record_tables import CommittedTable, json_record
+
+    assert json_record(CommittedTable(spec, table, 320, 126))["run_to_run"] == {
+        "metric": "N@100", "spread": 0.0, "rows_within": []}
     text = table_markdown(spec, tmp_path, tmp_path)
     assert "— replicate" in text and "Run-to-run: reference minus replicate" in text and "0 of 2 ablated rows" in text
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import changed_keys
-from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run
+from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run, within_noise
 from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import json_records
 
@@ -170,6 +170,11 @@ def display_table(t: CommittedTable) -> pd.DataFrame:
 
 
 def json_record(t: CommittedTable) -> dict:
-    """What notebook 06 writes for a table: where it came from and its rows (NaN as null)."""
-    return {"reference": t.reference_row, "title": t.spec.title, "requests": t.requests, "users": t.users,
-            "rows": json_records(t.table)}
+    """What notebook 06 writes for a table: where it came from, its rows (NaN as null) and, with replicates, the
+    run-to-run spread and the ablated rows within it."""
+    out = {"reference": t.reference_row, "title": t.spec.title, "requests": t.requests, "users": t.users,
+           "rows": json_records(t.table)}
+    if t.spec.replicates:
+        m = t.spec.metrics[0]
+        out["run_to_run"] = {"metric": m, "spread": run_to_run(t.table, m), "rows_within": within_noise(t.table, m)}
+    return out
