@@ -113,12 +113,12 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_readme(args: argparse.Namespace) -> int:
     from mrrec_lib.results import render_readme
-    from mrrec_lib.results.readme import render_table
+    from mrrec_lib.results.readme import render_study, render_table
     from mrrec_lib.runs import resolve
 
     readme = resolve(args.readme)
-    if not args.run and not args.table:
-        raise ValueError("give --run (Table 1 of a record) and/or --table (a combined table spec)")
+    if not args.run and not args.table and not args.study:
+        raise ValueError("give --run (Table 1 of a record), --table (a combined table spec) and/or --study (a plan)")
     if args.run:
         problems = render_readme(readme, resolve(args.results_dir), args.run)
         print(f"{readme}: Table 1 rendered from {resolve(args.results_dir) / args.run}")
@@ -126,6 +126,8 @@ def _cmd_readme(args: argparse.Namespace) -> int:
             print(f"warning: {problem}", file=sys.stderr)
     for spec in args.table:
         print(f"{readme}: table {render_table(readme, resolve(args.results_dir), resolve(spec))} rendered from {spec}")
+    for plan in args.study:
+        print(f"{readme}: study {render_study(readme, resolve(plan))} rendered from {plan}")
     return 0
 
 
@@ -267,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a combined table spec (rows of several records on their shared requests), rendered between "
         "<!-- results:table:<spec stem>:start/end --> (repeatable), e.g. results/tables/llm_320.yaml",
+    )
+    m.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        help="a study plan written by `mrrec ablate`, rendered between <!-- results:study:<file stem>:start/end --> "
+        "(repeatable), e.g. results/study.json",
     )
     m.add_argument("--results-dir", default="results")
     m.add_argument("--readme", default="README.md")

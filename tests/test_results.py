@@ -507,3 +507,27 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
         spec_file.write_text(yaml.safe_dump({**bad, "replicates": [replicate]}))
         with pytest.raises(ValueError, match="must be rows of the reference's system"):
             read_spec(spec_file)
+
+
+def test_study_plan_rendered_between_its_markers(tmp_path):
+    """The committed plan becomes a docs table (status, minutes left); a missing or foreign file is named."""
+    from mrrec_lib.results.readme import render_study, study_markers
+
+    plan = ROOT_RESULTS / "study-grpo-probe.json"
+    data = read_json(plan)
+    start, end = study_markers("study-grpo-probe")
+    doc = tmp_path / "results.md"
+    doc.write_text(f"intro\n{start}\nold\n{end}\nafter\n")
+    assert render_study(doc, plan) == "study-grpo-probe"
+    text = doc.read_text()
+    recorded = sum(r["status"] == "recorded" for r in data["ablations"])
+    assert "\nold\n" not in text and text.endswith(f"{end}\nafter\n")
+    assert f"{recorded} of {len(data['ablations'])} runs recorded" in text
+    assert f"{data['minutes_left']:,.0f} min" in text and "--scale params/eval/grpo_probe.yaml" in text
+    assert text.count("| `grpo-probe-") == len(data["ablations"]) - 1  # every row but the base run
+    with pytest.raises(FileNotFoundError, match="dry-run"):
+        render_study(doc, tmp_path / "study-none.json")
+    foreign = tmp_path / "study-x.json"
+    foreign.write_text("{}")
+    with pytest.raises(ValueError, match="not a study plan"):
+        render_study(doc, foreign)

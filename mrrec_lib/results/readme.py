@@ -155,3 +155,48 @@ def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: st
     if new != text:
         atomic_write_text(readme, new)
     return spec.name
+
+
+def study_markers(name: str) -> tuple[str, str]:
+    """The markers a study plan `name` (its JSON file's stem, e.g. study-grpo-probe) is rendered between."""
+    return f"<!-- results:study:{name}:start -->", f"<!-- results:study:{name}:end -->"
+
+
+def study_markdown(study_path: str | Path) -> str:
+    """A study plan (`mrrec ablate` writes results/study*.json) as a table: what is recorded, what is left and
+    its estimated minutes, priced from the recorded stage times, so the docs never carry a hand-typed estimate."""
+    path = Path(study_path)
+    if not path.exists():
+        raise FileNotFoundError(f"study plan not found: {path} (`mrrec ablate ... --dry-run` writes it)")
+    d = read_json(path)
+    missing = [k for k in ("base", "minutes_left", "ablations", "written_at") if k not in d]
+    if missing:
+        raise ValueError(f"{path}: not a study plan, missing key(s) {missing}")
+    rows = d["ablations"]
+    scale = f" --scale {d['scale']}" if d.get("scale") else ""
+    done = sum(r["status"] == "recorded" for r in rows)
+    table = pd.DataFrame([{
+        "ablation": r["ablation"], "run": f"`{r['run']}`", "status": r["status"],
+        "min left": f"{r['minutes_left']:.0f}", "stages left": ", ".join(r["stages_left"]) or "—",
+        "note": r.get("note") or "",
+    } for r in rows])
+    lines = [
+        f"Study plan `{path.name}` (`mrrec ablate {d['base']} <each ablation's params/ablations/NAME.yaml>{scale} "
+        f"--dry-run`, {d['written_at'][:10]}): {done} of {len(rows)} runs recorded in `results/`, "
+        f"{d['minutes_left']:,.0f} min (~{d['minutes_left'] / 60:.0f} h of 2-core CPU) left, each run priced from "
+        "the recorded stage times.",
+        "",
+        to_markdown(table).rstrip("\n"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_study(readme_path: str | Path, study_path: str | Path) -> str:
+    """Replace the block of study plan `study_path` in `readme_path`; return its name."""
+    readme, name = Path(readme_path), Path(study_path).stem
+    start, end = study_markers(name)
+    text = readme.read_text()
+    new = _replace_block(text, start, end, study_markdown(study_path), f"{readme} (study {name})")
+    if new != text:
+        atomic_write_text(readme, new)
+    return name
