@@ -497,7 +497,7 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     assert json_record(CommittedTable(spec, table, 320, 126))["run_to_run"] == {
         "metric": "N@100", "spread": 0.0, "rows_within": []}
     text = table_markdown(spec, tmp_path, tmp_path)
-    assert "— replicate" in text and "Run-to-run: reference minus replicate" in text and "0 of 2 ablated rows" in text
+    assert "— replicate" in text and "Run-to-run: reference minus replicate" in text and "0 of 2 other rows" in text
 
     bad = yaml.safe_load(spec_file.read_text())
     spec_file.write_text(yaml.safe_dump({**bad, "replicates": ["grpo-probe-topk_1:mrrec"]}))
