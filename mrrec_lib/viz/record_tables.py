@@ -68,8 +68,10 @@ def committed_tables(results_dir: str | Path, subset: str = "all") -> dict[str, 
 
 
 def row_label(row: dict, reference_malformed: float) -> str:
-    """What the row changed, and its malformed share beside the reference's (the format effect, made visible)."""
-    return f"{row['setting']}\n({row['malformed_rate']:.0%} malformed vs {reference_malformed:.0%})"
+    """What the row changed (its system when it changed no setting: another method on the reference's record), and
+    its malformed share beside the reference's (the format effect, made visible)."""
+    what = row["setting"] if row["setting"] != "—" else row["label"]
+    return f"{what}\n({row['malformed_rate']:.0%} malformed vs {reference_malformed:.0%})"
 
 
 def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
@@ -95,7 +97,8 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
         replicate = rows["replicate"].to_numpy(bool) if "replicate" in rows else np.zeros(len(rows), bool)
         if replicate.any():
             spread = run_to_run(t.table, m)
-            ax.plot(d[replicate], y[replicate], "D", color="tab:orange", label="replicate: another seed")
+            ax.plot(d[replicate], y[replicate], "D", color="tab:orange", markersize=9, zorder=3,
+                    label="replicate: another seed")
             for x in (-spread, spread):
                 ax.axvline(x, color="tab:orange", lw=0.8, ls="--")
         ref_bad = t.reference_malformed()
