@@ -48,6 +48,7 @@ PRIORITY = (
     "no_local_memory",
     "recr1",
     "grpo_seed_1",
+    "grpo_seed_2",
     "local_records_only",
     "local_patterns_only",
     "local_profile_only",

@@ -32,6 +32,7 @@ FIRST_CHANGED = {
     "memory_builder_llm": "02",
     "grpo_from_base": "03",
     "grpo_seed_1": "04",
+    "grpo_seed_2": "04",
     "seed_1": "01",
     "seed_2": "01",
     "recr1": "03",
