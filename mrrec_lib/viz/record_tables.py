@@ -94,7 +94,7 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
         ax.barh(y, 2 * mdd, left=-mdd, height=0.5, color="0.88", label="±MDD (80% power)")
         ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", color="tab:blue", capsize=3, label="difference, 95% CI")
         ax.axvline(0, color="0.3", lw=0.8)
-        replicate = rows["replicate"].to_numpy(bool) if "replicate" in rows else np.zeros(len(rows), bool)
+        replicate = rows["replicate"].to_numpy(bool)
         if replicate.any():
             spread = run_to_run(t.table, m)
             ax.plot(d[replicate], y[replicate], "D", color="tab:orange", markersize=9, zorder=3,
