@@ -163,12 +163,19 @@ def run_to_run(table: pd.DataFrame, metric: str) -> float:
     return float(rep[f"d_{metric}"].abs().max()) if len(rep) else float("nan")
 
 
+def _compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows compared with the reference that are not replicates: ablations and other systems."""
+    return table[table[f"d_{metric}"].notna() & ~table["replicate"]]
+
+
 def within_noise(table: pd.DataFrame, metric: str) -> list[str]:
     """The other rows (ablations, other systems) whose |difference| from the reference is no larger than the
     replicates' spread."""
     spread = run_to_run(table, metric)
-    rows = table[table[f"d_{metric}"].notna() & ~table["replicate"]] if f"d_{metric}" in table else table.iloc[:0]
-    return [] if math.isnan(spread) else rows.loc[rows[f"d_{metric}"].abs() <= spread, "row"].tolist()
+    if math.isnan(spread):
+        return []
+    rows = _compared(table, metric)
+    return rows.loc[rows[f"d_{metric}"].abs() <= spread, "row"].tolist()
 
 
 def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) -> str:
@@ -199,7 +206,7 @@ def _noise_line(table: pd.DataFrame, m: str) -> str:
     each = "; ".join(f"`{r['row']}` {_signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
     inside = within_noise(table, m)
     return (f"Run-to-run: reference minus replicate (the same configuration retrained with another seed), {m}: {each}. "
-            f"{len(inside)} of {int((table[f'd_{m}'].notna() & ~table['replicate']).sum())} other rows differ from the "
+            f"{len(inside)} of {len(_compared(table, m))} other rows differ from the "
             f"reference by no more than that (|Δ| ≤ {run_to_run(table, m):.3f})"
             + (f": {', '.join(f'`{r}`' for r in inside)}." if inside else "."))
 

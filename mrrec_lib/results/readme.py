@@ -139,6 +139,14 @@ def render_readme(readme_path: str | Path, results_dir: str | Path, run: str) ->
     return problems
 
 
+def _write_block(readme: Path, markers: tuple[str, str], block: str, what: str) -> None:
+    """Replace one marked block of `readme`, writing (atomically) only when the text changes."""
+    text = readme.read_text()
+    new = _replace_block(text, *markers, block, f"{readme} ({what})")
+    if new != text:
+        atomic_write_text(readme, new)
+
+
 def table_markers(name: str) -> tuple[str, str]:
     """The README markers a combined table `name` (its spec file's stem) is rendered between."""
     return f"<!-- results:table:{name}:start -->", f"<!-- results:table:{name}:end -->"
@@ -149,11 +157,7 @@ def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: st
     from mrrec_lib.results.combined import read_spec, table_markdown
 
     readme, spec = Path(readme_path), read_spec(spec_path)
-    start, end = table_markers(spec.name)
-    text = readme.read_text()
-    new = _replace_block(text, start, end, table_markdown(spec, results_dir, readme.parent), f"{readme} ({spec.name})")
-    if new != text:
-        atomic_write_text(readme, new)
+    _write_block(readme, table_markers(spec.name), table_markdown(spec, results_dir, readme.parent), spec.name)
     return spec.name
 
 
@@ -194,9 +198,5 @@ def study_markdown(study_path: str | Path) -> str:
 def render_study(readme_path: str | Path, study_path: str | Path) -> str:
     """Replace the block of study plan `study_path` in `readme_path`; return its name."""
     readme, name = Path(readme_path), Path(study_path).stem
-    start, end = study_markers(name)
-    text = readme.read_text()
-    new = _replace_block(text, start, end, study_markdown(study_path), f"{readme} (study {name})")
-    if new != text:
-        atomic_write_text(readme, new)
+    _write_block(readme, study_markers(name), study_markdown(study_path), f"study {name}")
     return name
