@@ -87,6 +87,7 @@ def _panels(summary, tmp_path):
         "topk": ab.topk_panel(summary, deltas, METRICS, base),
         "retriever": ab.retriever_panel(summary, deltas, METRICS, base),
         "seeds": ab.seeds_panel(summary, deltas, METRICS, base),
+        "grpo_seeds": ab.seeds_panel(summary, deltas, METRICS, base, key="grpo_seed"),
     }
 
 
@@ -110,6 +111,10 @@ def test_shipped_deltas_land_in_their_figures(tmp_path):
     expected_sd = np.std([0.30, summary.set_index("ablation").loc["seed_1", "R@100"],
                           summary.set_index("ablation").loc["seed_2", "R@100"]], ddof=1)
     assert seeds["R@100_sd"].iloc[-1] == pytest.approx(expected_sd)
+    grpo = panels["grpo_seeds"].table  # the base's grpo_seed is None: it follows seed 42
+    assert grpo["label"].tolist() == ["grpo_seed 1", "grpo_seed 2", "grpo_seed 42", "mean ± sd over 3 grpo_seeds"]
+    assert grpo.set_index("label").loc["grpo_seed 42", "ablation"] == "base"
+    assert grpo.set_index("label").loc["grpo_seed 2", "ablation"] == "grpo_seed_2"
 
 
 def test_missing_and_failed_rows_are_noted_and_plotted(tmp_path):
@@ -130,6 +135,7 @@ def test_missing_and_failed_rows_are_noted_and_plotted(tmp_path):
     assert topk.ok()["k"].tolist() == [1, 3]
     assert any(m == "top-5: not run yet (from topk_5.yaml)" for m in topk.missing)
     assert panels["seeds"].missing[-1].startswith("no seed replicas")
+    assert panels["grpo_seeds"].missing[-1] == "no grpo_seed replicas yet (from grpo_seed_1.yaml, grpo_seed_2.yaml)"
     shown = ab.format_table(panels["levels"], METRICS)
     assert (shown.set_index("setting").loc["behaviour records only", "R@100"]) == "—"
     assert shown.set_index("setting").loc["all three levels (full)", "R@100"].startswith("0.300 [0.240, 0.360]")
@@ -235,3 +241,23 @@ def test_paired_vs_full_default_test_clusters_by_user(tmp_path):
     # Whole users are flipped: of the 2**3 sign patterns of 3 users, at least 2 (none / all flipped) reach |diff|.
     assert paired.loc["topk_1", "p_permutation"] >= 0.2
     assert set(paired.columns) >= {"n_users", "mdd", "p_holm", "p_bootstrap"}
+
+
+def test_paired_vs_full_keeps_grpo_seed_replicas_out_of_holm(tmp_path):
+    from mrrec_lib.eval.stats import holm
+
+    summary, panels = _paired_batch(tmp_path, {"u1": 0.10, "u2": 0.02, "u3": 0.06})
+    rows = panels["p"].table
+    panels = {"p": ab.Panel(rows.iloc[[1]]), "grpo_seeds": ab.Panel(rows.iloc[[0]])}
+
+    def fake(a, b, clusters, n_samples, seed):
+        d = float(np.mean(a - b))
+        return {"diff": d, "lo": d, "hi": d, "p_bootstrap": 0.02 * (seed + 1), "p_permutation": 0.02 * (seed + 1)}
+
+    paired = ab.paired_vs_full(panels, summary, tmp_path, ["R@100", "N@100"], test=fake)
+    replica = paired[paired["replicate"]]
+    assert set(replica["ablation"]) == {"topk_1"}
+    assert replica["diff"].notna().all() and replica["p_holm"].isna().all()
+    tested = paired[~paired["replicate"]]
+    assert set(tested["ablation"]) == {"no_global_memory"}
+    assert tested["p_holm"].to_numpy() == pytest.approx(holm(tested["p_permutation"].to_numpy()))

@@ -48,6 +48,8 @@ LEVELS = (
     ("all three levels (full)", {}, "the base run"),
 )
 EXPECTED_TOPK = (1, 2, 3, 4, 5)
+# Run-to-run panels by the one key their replicas change: a data seed (new split) or a GRPO seed (RL alone).
+SEED_PANELS = {"seeds": "seed", "grpo_seeds": "grpo_seed"}
 
 
 @dataclass
@@ -250,22 +252,30 @@ def retriever_panel(summary: pd.DataFrame, deltas: dict[str, dict | None], metri
     return Panel(pd.DataFrame(rows), _missing(rows, {"BM25": "retriever_bm25.yaml", retriever_label(base): "the base run"}))
 
 
-def seeds_panel(summary: pd.DataFrame, deltas: dict[str, dict | None], metrics: list[str], base: dict[str, Any]) -> Panel:
-    """Run-to-run spread: the base and every seed-only delta, plus their mean and standard deviation."""
+def seeds_panel(
+    summary: pd.DataFrame, deltas: dict[str, dict | None], metrics: list[str], base: dict[str, Any], key: str = "seed"
+) -> Panel:
+    """Run-to-run spread: the base and every delta that changed only `key`, plus their mean and standard deviation.
+
+    `seed` redraws the split and retrains every stage (the spread of the whole pipeline); `grpo_seed` reruns RL alone
+    on the same split, memory and SFT policy (the spread of one GRPO run, paired with the base on the same requests).
+    The base's `grpo_seed` is None when it follows `seed`.
+    """
     cols = metric_columns(summary, metrics)
-    runs = {int(base.get("seed", 0)): BASE} | {int(d["seed"]): n for n, d in deltas.items() if set(d or {}) == {"seed"}}
-    rows = [_panel_row(f"seed {s}", summary, abl, PRIMARY, cols, seed=s) for s, abl in sorted(runs.items())]
+    own = base.get(key) if base.get(key) is not None else base.get("seed", 0)
+    runs = {int(own): BASE} | {int(d[key]): n for n, d in deltas.items() if set(d or {}) == {key}}
+    rows = [_panel_row(f"{key} {s}", summary, abl, PRIMARY, cols, seed=s) for s, abl in sorted(runs.items())]
     table = pd.DataFrame(rows)
     ok = table[table["status"] == "ok"]
     if len(ok) >= 2:
-        stats = {"label": f"mean ± sd over {len(ok)} seeds", "status": "ok"}
+        stats = {"label": f"mean ± sd over {len(ok)} {key}s", "status": "ok"}
         for m in metrics:
             if m in ok:
                 stats[m], stats[f"{m}_sd"] = float(ok[m].mean()), float(ok[m].std(ddof=1))
         table = pd.concat([table, pd.DataFrame([stats])], ignore_index=True)
-    missing = _missing(rows, {f"seed {s}": "the base run" if abl == BASE else f"{abl}.yaml" for s, abl in runs.items()})
+    missing = _missing(rows, {f"{key} {s}": "the base run" if abl == BASE else f"{abl}.yaml" for s, abl in runs.items()})
     if len(runs) < 2:
-        missing.append("no seed replicas yet (from seed_1.yaml, seed_2.yaml)")
+        missing.append(f"no {key} replicas yet (from {key}_1.yaml, {key}_2.yaml)")
     return Panel(table, missing)
 
 
@@ -333,7 +343,8 @@ def paired_vs_full(
     p-value Holm-adjusted across all rows (as stage 05 adjusts its Table 1 tests), and `mdd` is the difference
     the test detects with 80% power: a non-significant Δ smaller than that says little either way.
     Only runs built from the same data as the base (equal stage-01 hash: same test queries) are paired; a seed
-    run has another split, so its row says so instead.
+    run has another split, so its row says so instead. A GRPO-seed replica is paired but kept out of the Holm
+    family (`replicate`): it measures noise, it does not test a setting.
     `test(a, b, clusters, n_samples, seed) -> {diff, lo, hi, p_bootstrap, p_permutation}`.
     """
     from mrrec_lib.eval.stats import holm, min_detectable_difference
@@ -341,7 +352,7 @@ def paired_vs_full(
     if test is None:
         from mrrec_lib.eval.stats import paired_cluster_test as test
     cols = ["label", "ablation", "system", "metric", "n", "n_users", "diff", "lo", "hi", "p_bootstrap",
-            "p_permutation", "p_holm", "mdd", "note"]  # fmt: skip
+            "p_permutation", "p_holm", "mdd", "replicate", "note"]  # fmt: skip
     base_run = _run_of(summary, BASE)
     full = _per_query(outputs, base_run, PRIMARY) if base_run else None
     if full is None:
@@ -350,7 +361,7 @@ def paired_vs_full(
 
     data_hash = stages.read_records(RunPaths(outputs / base_run)).get("01", {}).get("hash")
     rows, seen = [], set()
-    for p in panels.values():
+    for name, p in panels.items():
         for r in p.ok().to_dict("records"):
             key = (r.get("ablation"), r.get("system"))
             if key in seen or key == (BASE, PRIMARY) or not isinstance(key[0], str):
@@ -358,7 +369,7 @@ def paired_vs_full(
             seen.add(key)
             run = _run_of(summary, key[0])
             other = _per_query(outputs, run, key[1]) if run else None
-            base = {"label": r["label"], "ablation": key[0], "system": key[1]}
+            base = {"label": r["label"], "ablation": key[0], "system": key[1], "replicate": name == "grpo_seeds"}
             if other is None:
                 rows.append({**base, "note": "no per-query results"})
                 continue
@@ -374,7 +385,10 @@ def paired_vs_full(
                              **{k: t[k] for k in ("diff", "lo", "hi", "p_bootstrap", "p_permutation")},
                              "mdd": min_detectable_difference(a - b, users), "note": ""})  # fmt: skip
     out = pd.DataFrame(rows, columns=cols)
-    out["p_holm"] = holm(out["p_permutation"].to_numpy(float)) if len(out) else []
+    tested = ~out["replicate"].astype(bool)
+    out["p_holm"] = np.nan
+    if tested.any():
+        out.loc[tested, "p_holm"] = holm(out.loc[tested, "p_permutation"].to_numpy(float))
     return out
 
 
@@ -430,10 +444,11 @@ def findings(panels: dict[str, Panel], metric: str, paired: pd.DataFrame | None 
                 continue
             line = f"{name} / {r['label']}: {metric} {r[metric]:.3f}{ci(r)} ({r[metric] - f[metric]:+.3f} vs full"
             out.append(line + _paired_text(paired, r.get("ablation"), r.get("system"), metric) + ")")
-    seeds = panels["seeds"].table
-    sd = seeds[seeds["label"].astype(str).str.startswith("mean ±")] if len(seeds) else seeds
-    if len(sd) and f"{metric}_sd" in sd:
-        out.append(f"seeds: {metric} {sd[metric].iloc[0]:.3f} ± {sd[f'{metric}_sd'].iloc[0]:.3f} ({sd['label'].iloc[0]})")
+    for name in SEED_PANELS:
+        seeds = panels[name].table if name in panels else pd.DataFrame()
+        sd = seeds[seeds["label"].astype(str).str.startswith("mean ±")] if len(seeds) else seeds
+        if len(sd) and f"{metric}_sd" in sd:
+            out.append(f"{name}: {metric} {sd[metric].iloc[0]:.3f} ± {sd[f'{metric}_sd'].iloc[0]:.3f} ({sd['label'].iloc[0]})")
     return out
 
 
