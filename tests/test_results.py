@@ -495,9 +495,31 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     from mrrec_lib.viz.record_tables import CommittedTable, json_record
 
     assert json_record(CommittedTable(spec, table, 320, 126))["run_to_run"] == {
-        "metric": "N@100", "spread": 0.0, "rows_within": []}
+        "metric": "N@100", "spread": 0.0, "rows_within": [], "runs": 2, "sd": None}
     text = table_markdown(spec, tmp_path, tmp_path)
     assert "— replicate" in text and "Run-to-run: reference minus replicate" in text and "0 of 2 other rows" in text
+    assert "has sd" not in text  # one replicate: |Δ| is all there is
+
+    # A second replicate (the top-1 run's answers under the reference's config with grpo_seed 2): the spread is the
+    # largest |Δ| and the sd is taken over the three runs' scores.
+    second = tmp_path / "default-grpo-probe-rerun2"
+    shutil.copytree(ROOT_RESULTS / "grpo-probe-topk_1", second)
+    (second / "config.yaml").write_text(yaml.safe_dump({**cfg, "grpo_seed": 2}))
+    two = {**yaml.safe_load(spec_file.read_text())}
+    two["rows"] = [*rows[:-1], "default-grpo-probe-rerun2:mrrec", rows[-1]]
+    two["replicates"] = ["default-grpo-probe-rerun:mrrec", "default-grpo-probe-rerun2:mrrec"]
+    spec_file.write_text(yaml.safe_dump(two))
+    spec = read_spec(spec_file)
+    table, _ = combined_table(spec, tmp_path)
+    by_row = table.set_index("row")
+    d2 = by_row.loc["default-grpo-probe-rerun2:mrrec", "d_N@100"]
+    noise = json_record(CommittedTable(spec, table, 320, 126))["run_to_run"]
+    scores = by_row.loc[["default-grpo-probe:mrrec", "default-grpo-probe-rerun:mrrec", "default-grpo-probe-rerun2:mrrec"], "N@100"]
+    assert noise["spread"] == pytest.approx(abs(d2)) and noise["runs"] == 3
+    assert noise["sd"] == pytest.approx(float(scores.std(ddof=1))) and noise["sd"] > 0
+    assert noise["rows_within"] == [r for r in ablated if abs(by_row.loc[r, "d_N@100"]) <= abs(d2)]
+    text = table_markdown(spec, tmp_path, tmp_path)
+    assert f"Over the 3 runs of this configuration N@100 has sd {noise['sd']:.3f}" in text
 
     bad = yaml.safe_load(spec_file.read_text())
     spec_file.write_text(yaml.safe_dump({**bad, "replicates": ["grpo-probe-topk_1:mrrec"]}))

@@ -163,6 +163,16 @@ def run_to_run(table: pd.DataFrame, metric: str) -> float:
     return float(rep[f"d_{metric}"].abs().max()) if len(rep) else float("nan")
 
 
+def seed_sd(table: pd.DataFrame, metric: str, reference: str) -> tuple[float, int]:
+    """The standard deviation of `metric` over the reference and its replicates, and how many runs that is.
+
+    It is the spread of one retraining's score; with a single replicate (two runs, one degree of freedom) it says no
+    more than |Δ| does, so it is NaN until there are two replicates.
+    """
+    scores = table.loc[table["replicate"] | (table["row"] == reference), metric]
+    return (float(scores.std(ddof=1)) if len(scores) >= 3 else float("nan")), len(scores)
+
+
 def _compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The rows compared with the reference that are not replicates: ablations and other systems."""
     return table[table[f"d_{metric}"].notna() & ~table["replicate"]]
@@ -197,18 +207,22 @@ def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) ->
         lines += ["", f"{what}: {info['requests']} requests from {info['users']} users", ""]
         lines.append(to_markdown(_display(table, spec)).rstrip("\n"))
         if spec.replicates:
-            lines += ["", _noise_line(table, spec.metrics[0])]
+            lines += ["", _noise_line(table, spec.metrics[0], ref)]
     return "\n".join(lines) + "\n"
 
 
-def _noise_line(table: pd.DataFrame, m: str) -> str:
+def _noise_line(table: pd.DataFrame, m: str, reference: str) -> str:
     reps = table[table["replicate"]]
     each = "; ".join(f"`{r['row']}` {_signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
     inside = within_noise(table, m)
+    sd, runs = seed_sd(table, m, reference)
+    spread = "" if math.isnan(sd) else (
+        f" Over the {runs} runs of this configuration {m} has sd {sd:.3f}: two single runs differ by about "
+        f"{math.sqrt(2) * sd:.3f} (sd) from training alone, on top of each Δ's CI.")
     return (f"Run-to-run: reference minus replicate (the same configuration retrained with another seed), {m}: {each}. "
             f"{len(inside)} of {len(_compared(table, m))} other rows differ from the "
-            f"reference by no more than that (|Δ| ≤ {run_to_run(table, m):.3f})"
-            + (f": {', '.join(f'`{r}`' for r in inside)}." if inside else "."))
+            f"reference by no more than the largest of these (|Δ| ≤ {run_to_run(table, m):.3f})"
+            + (f": {', '.join(f'`{r}`' for r in inside)}." if inside else ".") + spread)
 
 
 def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:

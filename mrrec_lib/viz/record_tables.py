@@ -13,6 +13,7 @@ table read as a curve: the rows that changed one setting alone, placed at that s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import changed_keys
-from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run, within_noise
+from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run, seed_sd, within_noise
 from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import json_records
 
@@ -179,5 +180,7 @@ def json_record(t: CommittedTable) -> dict:
            "rows": json_records(t.table)}
     if t.spec.replicates:
         m = t.spec.metrics[0]
-        out["run_to_run"] = {"metric": m, "spread": run_to_run(t.table, m), "rows_within": within_noise(t.table, m)}
+        sd, runs = seed_sd(t.table, m, t.reference_row)
+        out["run_to_run"] = {"metric": m, "spread": run_to_run(t.table, m), "rows_within": within_noise(t.table, m),
+                             "runs": runs, "sd": None if math.isnan(sd) else sd}
     return out
