@@ -123,16 +123,27 @@ def share_finished_stages(cfg: Config, paths: RunPaths, last_stage: str | None =
     print(f"shared from {donor}: stages {', '.join(shared)}" if donor else "no run shares a finished stage")
 
 
-def run_one(base: Path, delta: Path | None, only: str | None, outputs: Path, scale: Path | None = None) -> dict:
-    """Seed the run from a donor, run its stages; the outcome as a dict (status "ok" or "failed", never raised)."""
+def run_one(
+    base: Path,
+    delta: Path | None,
+    only: str | None,
+    outputs: Path,
+    scale: Path | None = None,
+    deadline: float | None = None,
+) -> dict:
+    """Seed the run from a donor, run its stages until `deadline` (a `time.time()` value); the outcome as a dict
+    (status "ok", "paused" with the stage and minutes, or "failed"; never raised)."""
     name = delta.stem if delta else "base"
     try:
         cfg = run_config(base, delta, scale)
         files = run_files(base, delta, scale)
         cfg_paths = runner.prepare_run(files, {"run_name": cfg.run_name})[1]
         donor, shared = seed_from_donor(cfg, cfg_paths, outputs)
-        runner.run(files, only=only, overrides={"run_name": cfg.run_name})
+        runner.run(files, only=only, overrides={"run_name": cfg.run_name}, deadline=deadline)
         return {"ablation": name, "run": cfg.run_name, "status": "ok", "shared_from": donor, "shared_stages": shared}
+    except runner.StagePaused as e:
+        return {"ablation": name, "run": cfg.run_name, "status": "paused", "stage": e.stage, "error": str(e),
+                "shared_from": donor, "shared_stages": shared}  # fmt: skip
     except Exception as e:  # one failing configuration must not stop the study
         return {
             "ablation": name,
@@ -143,7 +154,9 @@ def run_one(base: Path, delta: Path | None, only: str | None, outputs: Path, sca
         }
 
 
-def train_recr1_companion(params: list[str | Path], overrides: dict | None, cfg: Config) -> None:
+def train_recr1_companion(
+    params: list[str | Path], overrides: dict | None, cfg: Config, deadline: float | None = None
+) -> None:
     """Stages 01-04 of the Rec-R1 run this run's Table 1 reads, so one `mrrec run` fills every row.
 
     The companion is this run's params plus the `eval_recr1_params` delta, in folder
@@ -158,7 +171,7 @@ def train_recr1_companion(params: list[str | Path], overrides: dict | None, cfg:
     if load_config(*files, overrides=companion).policy_uses_memory:
         raise ValueError(f"eval_recr1_params {delta} must set policy_uses_memory: false (Rec-R1 has no memory)")
     seed_from_donor(*runner.prepare_run(files, companion), resolve(cfg.outputs_dir))
-    runner.run(files, only="01,02,03,04", overrides=companion)
+    runner.run(files, only="01,02,03,04", overrides=companion, deadline=deadline)
 
 
 def flatten_metrics(run_dir: Path) -> list[dict]:

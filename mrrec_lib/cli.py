@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from mrrec_lib.config import ConfigError
 from mrrec_lib.runner import StageFailed
+
+PAUSED_EXIT = 3  # `mrrec run --budget-min` stopped at its budget: rerun the same command to resume
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -35,7 +38,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from mrrec_lib.ablate import share_finished_stages
 
         share_finished_stages(*runner.prepare_run(files, overrides))
-    paths = runner.run(files, only=args.only, overrides=overrides, force=args.force, log_output=args.verbose)
+    deadline = None if args.budget_min is None else time.time() + args.budget_min * 60
+    try:
+        paths = runner.run(
+            files, only=args.only, overrides=overrides, force=args.force, log_output=args.verbose, deadline=deadline
+        )
+    except runner.StagePaused as e:
+        print(f"paused: {e}", file=sys.stderr)
+        return PAUSED_EXIT
     print(f"run folder: {paths.root}")
     _record_if_asked(args, paths.root)
     return 0
@@ -81,6 +91,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         command=args.command_line,
         scale=args.scale,
+        partial=args.partial,
     )
     return 0
 
@@ -178,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first hard-link the finished stages of the run under outputs_dir that shares the longest prefix of "
         "stage config hashes (as `mrrec ablate` does), so a delta run only computes what differs",
     )
+    r.add_argument(
+        "--budget-min",
+        type=float,
+        help=f"stop after this many minutes (the running stage's kernel is killed; exit {PAUSED_EXIT}); the same "
+        "command resumes it from its checkpoints",
+    )
     _add_record_args(r)
     r.set_defaults(func=_cmd_run)
 
@@ -226,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--results-dir", default="results", help="records are read from / written to <dir>/<run>/")
     a.add_argument("--dry-run", action="store_true", help="run nothing: print and write what is recorded and left")
     a.add_argument("--retry-failed", action="store_true", help="rerun ablations that failed with the same params")
+    a.add_argument(
+        "--partial",
+        action="store_true",
+        help="start the first run that does not fit the budget anyway and pause it (kernel killed) when the budget "
+        "ends; its stages resume from their checkpoints on the next invocation while outputs/ survives, so runs "
+        "longer than a session advance",
+    )
     a.add_argument(
         "--scale",
         help="params overlay applied after every delta, e.g. params/eval/grpo_probe.yaml (the session-sized RL "

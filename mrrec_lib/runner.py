@@ -4,12 +4,23 @@ Each notebook gets the run's merged `config.yaml` as its `config_file`
 parameter, so a notebook opened later in Jupyter from the run folder shows
 exactly what it ran with. Stages whose config hash matches a finished record
 are skipped; a stage that reruns invalidates everything downstream.
+
+A run may be given a deadline (a session ends, a longer stage than a session
+must still advance): at the deadline the stage's kernel is killed and the run
+stops with `StagePaused`. Every long stage resumes from what it wrote (memory
+parts files, trainer checkpoints, the evaluation's per-batch results), so the
+next `mrrec run`/`mrrec ablate` of the same config continues it; the time
+spent is kept (`stages.record_pause`) and added to the stage's record when it
+finishes.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -24,6 +35,49 @@ TRAINING_STAGES = ("03", "04")
 
 class StageFailed(RuntimeError):
     """A notebook raised; the executed copy in the run folder shows where."""
+
+
+class StagePaused(RuntimeError):
+    """The run reached its deadline inside or before `stage`; rerunning the same config resumes it."""
+
+    def __init__(self, stage: str, seconds: float, total: float):
+        super().__init__(
+            f"stage {STAGES[stage]} paused at the deadline after {seconds / 60:.1f} min "
+            f"({total / 60:.1f} min in all); rerun the same config to resume it"
+        )
+        self.stage, self.seconds, self.total = stage, seconds, total
+
+
+@contextmanager
+def kill_at(deadline: float | None) -> Iterator[Callable[[], bool]]:
+    """Kill this process's children (a stage's kernel and whatever it started) at `deadline` (a `time.time()`
+    value); yield a function telling whether that happened.
+
+    A kill, not a polite interrupt: a kernel deep in a forward pass does not see a KeyboardInterrupt for minutes,
+    and every stage already resumes from files written atomically, so only the work since its last checkpoint
+    is lost.
+    """
+    fired = threading.Event()
+    if deadline is None:
+        yield fired.is_set
+        return
+    import psutil
+
+    def kill() -> None:
+        fired.set()
+        for child in psutil.Process().children(recursive=True):
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    timer = threading.Timer(max(0.0, deadline - time.time()), kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired.is_set
+    finally:
+        timer.cancel()
 
 
 def notebook_path(stage: str) -> Path:
@@ -107,8 +161,10 @@ def run(
     overrides: dict | None = None,
     force: bool = False,
     log_output: bool = False,
+    deadline: float | None = None,
 ) -> RunPaths:
-    """Run the selected stages in order, skipping those already current for this config."""
+    """Run the selected stages in order, skipping those already current for this config; stop with `StagePaused`
+    at `deadline` (a `time.time()` value; None: none)."""
     cfg, paths = prepare_run(params, overrides)
     todo = _drop_training_stages(cfg, parse_only(only))
     rerun_downstream = force
@@ -122,9 +178,19 @@ def run(
         if stage == "05" and _needs_recr1_companion(cfg):
             from mrrec_lib.ablate import train_recr1_companion
 
-            train_recr1_companion(params, overrides, cfg)
+            train_recr1_companion(params, overrides, cfg, deadline)
+        if deadline is not None and time.time() >= deadline:
+            raise StagePaused(stage, 0.0, stages.read_paused(paths).get(stage, {}).get("seconds", 0.0))
         stages.forget_from(paths, stage)
-        seconds = execute_stage(stage, cfg, paths, log_output=log_output)
+        start = time.perf_counter()
+        with kill_at(deadline) as killed:
+            try:
+                seconds = execute_stage(stage, cfg, paths, log_output=log_output)
+            except Exception as e:
+                if not killed():
+                    raise
+                spent = time.perf_counter() - start
+                raise StagePaused(stage, spent, stages.record_pause(paths, stage, cfg, spent)) from e
         stages.record_stage(paths, stage, cfg, seconds)
         tqdm.write(f"[{STAGES[stage]}] done in {seconds:.0f}s -> {paths.notebooks / (STAGES[stage] + '.ipynb')}")
     return paths

@@ -126,10 +126,42 @@ def read_records(paths: RunPaths) -> dict[str, dict]:
 
 
 def record_stage(paths: RunPaths, stage: str, cfg: Config, seconds: float) -> None:
-    """Mark `stage` finished for this config; only called after its notebook ran without error."""
+    """Mark `stage` finished for this config; only called after its notebook ran without error.
+
+    Time spent in earlier attempts that paused at a deadline (`record_pause`) is added to `seconds`, so the stage's
+    recorded cost is its whole wall time, as the study's cost model assumes; `paused_seconds` says how much of it.
+    """
+    pending = read_paused(paths)
+    paused = pending.pop(stage, None)
+    spent = paused["seconds"] if paused and paused["hash"] == stage_hash(cfg, stage) else 0.0
     records = read_records(paths)
-    records[stage] = {"hash": stage_hash(cfg, stage), "seconds": round(seconds, 1), "finished_at": time.time()}
+    records[stage] = {"hash": stage_hash(cfg, stage), "seconds": round(seconds + spent, 1), "finished_at": time.time()}
+    if spent:
+        records[stage]["paused_seconds"] = round(spent, 1)
     write_json(_record_file(paths), records)
+    if paused:
+        write_json(_paused_file(paths), pending)
+
+
+def _paused_file(paths: RunPaths) -> Path:
+    return paths.root / "paused.json"
+
+
+def read_paused(paths: RunPaths) -> dict[str, dict]:
+    """Stages stopped at a deadline before they finished: {stage: {"hash", "seconds" spent so far}}."""
+    f = _paused_file(paths)
+    return read_json(f) if f.exists() else {}
+
+
+def record_pause(paths: RunPaths, stage: str, cfg: Config, seconds: float) -> float:
+    """Add `seconds` to the time `stage` has spent unfinished under this config (another config's time is dropped:
+    its partial outputs are not resumed); return the total."""
+    paused = read_paused(paths)
+    h = stage_hash(cfg, stage)
+    before = paused.get(stage, {}).get("seconds", 0.0) if paused.get(stage, {}).get("hash") == h else 0.0
+    paused[stage] = {"hash": h, "seconds": round(before + seconds, 1), "paused_at": time.time()}
+    write_json(_paused_file(paths), paused)
+    return paused[stage]["seconds"]
 
 
 def forget_from(paths: RunPaths, stage: str) -> None:

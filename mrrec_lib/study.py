@@ -11,6 +11,9 @@ invocation therefore
    the first that does not (later runs count on the earlier ones' shared stages), and records each run as soon
    as it finishes, so a killed session keeps what finished; a failure goes to results/<run>/failed.json and the
    study goes on, and a later invocation retries it only when its hashes changed (or with `retry_failed`);
+   with `partial`, the first run that does not fit is started anyway and paused at the end of the budget
+   (`runner.StagePaused`): its stages resume from their checkpoints next time, so a run longer than any
+   session (the LLM memory builder's ~9 h stage 02) still advances, provided outputs/ survives;
 4. prints what is recorded and what is left, and writes the same to results/study.json.
 Donor seeding (`ablate.seed_from_donor`) still shares identical upstream stages, and with every record
 current an invocation does no work.
@@ -65,7 +68,8 @@ PRIORITY = (
 KEY_STAGES = ("01", "05")  # data identity and (hashes being cumulative) everything a run's numbers depend on
 FAILED_FILE = "failed.json"
 STUDY_FILE = "study.json"
-RECORDED, RAN, FAILED, LEFT = "recorded", "ran now", "failed", "left"
+RECORDED, RAN, FAILED, LEFT, PAUSED = "recorded", "ran now", "failed", "left", "paused"
+MIN_PARTIAL_MIN = 10.0  # a partial run shorter than this would mostly load models and lose its last checkpoint interval
 
 
 @dataclass
@@ -129,6 +133,13 @@ def record_state(ab: Ablation, results: Path, retry_failed: bool) -> tuple[str, 
     return LEFT, note
 
 
+def paused_note(ab: Ablation, outputs: Path) -> str:
+    """What an earlier `partial` invocation left in outputs/<run>: the stage it paused in and the time spent."""
+    paused = stages.read_paused(RunPaths(outputs / ab.run))
+    mine = [(s, p["seconds"]) for s, p in sorted(paused.items()) if p.get("hash") == stages.stage_hash(ab.cfg, s)]
+    return "; ".join(f"stage {s} paused after {sec / 60:.0f} min, resumes" for s, sec in mine)
+
+
 def estimate_left(todo: list[Ablation], model: CostModel) -> None:
     """Set each ablation's stages and minutes still to run, in order, from what outputs/ holds now."""
     model.refresh()
@@ -161,11 +172,15 @@ def write_failed(ab: Ablation, results: Path, stage: str, error: str, tb: str) -
     ab.status, ab.note = FAILED, f"failed in stage {stage}: {error}"
 
 
-def execute(ab: Ablation, outputs: Path, results: Path, command: str | None) -> None:
-    """Run one ablation (donor-seeded) and record it at once; a failure is written down, never raised."""
+def execute(ab: Ablation, outputs: Path, results: Path, command: str | None, deadline: float | None = None) -> None:
+    """Run one ablation (donor-seeded) until `deadline` (a `time.time()` value) and record it at once if it
+    finished; a failure is written down, never raised."""
     # Not 06 (it summarises the study itself) nor 07 (interactive).
     only = ",".join(s for s in runner.available_stages() if s in STAGE_ORDER)
-    r = ablate.run_one(ab.files[0], ab.delta, only, outputs, ab.scale)
+    r = ablate.run_one(ab.files[0], ab.delta, only, outputs, ab.scale, deadline=deadline)
+    if r["status"] == "paused":
+        ab.status, ab.note = PAUSED, f"{r['error']} (outputs/{ab.run})"
+        return
     if r["status"] != "ok":
         write_failed(ab, results, failed_stage(ab, outputs), r["error"], r["traceback"])
         return
@@ -176,8 +191,7 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None) -> 
         write_failed(ab, results, "record", f"{type(e).__name__}: {e}", "")
         return
     ab.status, ab.stages_left, ab.minutes_left = RAN, (), 0.0
-    if r["shared_stages"]:
-        ab.note = f"reused {','.join(r['shared_stages'])} from {r['shared_from']}"
+    ab.note = f"reused {','.join(r['shared_stages'])} from {r['shared_from']}" if r["shared_stages"] else ""
 
 
 def format_table(abls: list[Ablation]) -> str:
@@ -230,21 +244,33 @@ def summarise(abls: list[Ablation], results: Path, summary: Path) -> None:
 
 
 def run_queue(
-    queue: list[Ablation], outputs: Path, results: Path, model: CostModel, deadline: float, command: str | None
+    queue: list[Ablation],
+    outputs: Path,
+    results: Path,
+    model: CostModel,
+    deadline: float,
+    command: str | None,
+    partial: bool = False,
 ) -> None:
-    """Run the queue in order while the next run's estimate fits before `deadline` (a `time.monotonic()` value)."""
+    """Run the queue in order while the next run's estimate fits before `deadline` (a `time.monotonic()` value);
+    with `partial`, start the first that does not fit and pause it at the deadline."""
     for i, ab in enumerate(queue):
         estimate_left(queue[i:], model)  # re-planned each time: an earlier run may have failed
         left_min = (deadline - time.monotonic()) / 60
         need = f"{ab.name} needs ~{ab.minutes_left:.0f} min"
-        if ab.minutes_left > left_min:
+        fits = ab.minutes_left <= left_min
+        if not fits and not (partial and left_min >= MIN_PARTIAL_MIN):
             print(
                 f"[study] {'nothing started' if i == 0 else 'stopping'}: {need}, {left_min:.0f} min of the budget left"
             )
             return
-        print(f"[study] {ab.name} -> {ab.run}: {need} ({','.join(ab.stages_left) or 'record only'})")
-        execute(ab, outputs, results, command)
+        stop_at = None if math.isinf(deadline) else time.time() + (deadline - time.monotonic())
+        how = "" if fits else f"; started for the {left_min:.0f} min left, paused at the budget and resumed next time"
+        print(f"[study] {ab.name} -> {ab.run}: {need} ({','.join(ab.stages_left) or 'record only'}{how})")
+        execute(ab, outputs, results, command, deadline=stop_at)
         print(f"[study] {ab.name}: {ab.status}" + (f" ({ab.note})" if ab.note else ""))
+        if ab.status == PAUSED:
+            return
 
 
 def run_study(
@@ -257,13 +283,14 @@ def run_study(
     command: str | None = None,
     stage_seconds: StageSeconds | None = None,
     scale: str | Path | None = None,
+    partial: bool = False,
 ) -> list[Ablation]:
     """Run what is missing of the study within `budget_min` minutes (None: no limit); return every ablation's state.
 
     `stage_seconds(params files) -> {stage: seconds}` prices a run (default: `mrrec estimate`'s figures).
     `scale` is a params overlay applied after every delta (e.g. params/eval/grpo_probe.yaml: the session-sized
     RL budget and evaluation): the same study at another size, with its own run names and plan file; notebook
-    06's summary is left to the full-size study.
+    06's summary is left to the full-size study. `partial`: see the module docstring.
     """
     start = time.monotonic()
     base = Path(base)
@@ -273,11 +300,14 @@ def run_study(
     abls = collect(base, [Path(d) for d in deltas], scale)
     for ab in abls:
         ab.status, ab.note = record_state(ab, results, retry_failed)
+        if ab.status == LEFT and (note := paused_note(ab, outputs)):
+            ab.note = "; ".join(x for x in (ab.note, note) if x)
     model = CostModel(stage_seconds or estimated_seconds, abls[0].files, abls[0].run, outputs, results)
     if not dry_run:
         budget_s = math.inf if budget_min is None else budget_min * 60
-        run_queue([ab for ab in abls if ab.status == LEFT], outputs, results, model, start + budget_s, command)
-    estimate_left([ab for ab in abls if ab.status in (LEFT, FAILED)], model)
+        queue = [ab for ab in abls if ab.status == LEFT]
+        run_queue(queue, outputs, results, model, start + budget_s, command, partial)
+    estimate_left([ab for ab in abls if ab.status in (LEFT, FAILED, PAUSED)], model)
     print(format_table(abls))
     write_json(results / study_file(scale), study_json(abls, base, budget_min, dry_run, scale))
     if not dry_run and scale is None:

@@ -164,3 +164,17 @@ def test_recr1_companion_names_a_bad_delta(tmp_path):
     memoryful.write_text("seed: 3\n")
     with pytest.raises(ValueError, match="policy_uses_memory: false"):
         train_recr1_companion([base], None, cfg.model_copy(update={"eval_recr1_params": str(memoryful)}))
+
+
+def test_paused_time_counts_toward_the_stage_under_its_own_config(tmp_path):
+    """Time a stage spent before a deadline stopped it is added when it finishes, unless the config changed."""
+    paths = RunPaths(tmp_path / "run").ensure()
+    a, b = Config(), Config(memory_top_k=5)
+    assert stages.record_pause(paths, "03", a, 60) == 60 and stages.record_pause(paths, "03", a, 40) == 100
+    assert stages.record_pause(paths, "03", b, 10) == 10  # another config's partial outputs are not resumed
+    stages.record_stage(paths, "03", a, 5)
+    assert stages.read_records(paths)["03"]["seconds"] == 5 and "paused_seconds" not in stages.read_records(paths)["03"]
+    assert stages.read_paused(paths) == {}
+    stages.record_pause(paths, "04", a, 30)
+    stages.record_stage(paths, "04", a, 5)
+    assert stages.read_records(paths)["04"]["seconds"] == 35 and stages.read_records(paths)["04"]["paused_seconds"] == 30

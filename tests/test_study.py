@@ -7,7 +7,9 @@ arithmetic below is exact.
 
 from __future__ import annotations
 
+import math
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,19 +38,31 @@ M = MINUTES_PER_STAGE
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The fake stages, each advancing the study's wall clock by the seconds it reports."""
+    """The fake stages, each advancing the study's wall clock by the seconds it reports; a stage still running at
+    the runner's deadline dies there, as `runner.kill_at` kills its kernel."""
     recorded = install_fake_stages(monkeypatch)
     install_fake_records(monkeypatch, recorded)
-    now = [0.0]
+    now, deadline = [0.0], [math.inf]
     fake = runner.execute_stage
 
     def timed(stage, cfg, paths, log_output=False):
         seconds = fake(stage, cfg, paths, log_output)
+        if now[0] + seconds > deadline[0]:
+            now[0] = deadline[0]
+            raise RuntimeError("DeadKernelError: Kernel died")
         now[0] += seconds
         return seconds
 
+    @contextmanager
+    def kill_at(at):
+        deadline[0] = math.inf if at is None else at
+        yield lambda: now[0] >= deadline[0]
+
+    clock = SimpleNamespace(monotonic=lambda: now[0], time=lambda: now[0], perf_counter=lambda: now[0])
     monkeypatch.setattr(runner, "execute_stage", timed)
-    monkeypatch.setattr(study, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(runner, "kill_at", kill_at)
+    monkeypatch.setattr(runner, "time", clock)
+    monkeypatch.setattr(study, "time", clock)
     return recorded
 
 
@@ -129,6 +143,39 @@ def test_budget_stops_before_a_run_that_does_not_fit(tmp_path, calls, capsys):
     saved = read_json(tmp_path / "results" / "study.json")
     assert saved["minutes_left"] == pytest.approx(6 * M) and saved["budget_min"] == 8.5 * M
     assert [r["status"] for r in saved["ablations"]] == ["ran now", "ran now", "left", "left"]
+
+
+def test_partial_starts_the_run_that_does_not_fit_pauses_it_and_resumes_it(tmp_path, calls, capsys):
+    from mrrec_lib.runs import RunPaths
+
+    topk = [_topk(tmp_path, 1), _topk(tmp_path, 2)]
+    # The base's 5 stages fit in 6.5 stage-times; topk_1 (03-05) gets the 1.5 left: 03 finishes, 04 dies halfway.
+    abls = _study(tmp_path, topk, budget_min=6.5 * M, partial=True)
+    assert _status(abls) == {"base": "ran now", "topk_1": "paused", "topk_2": "left"}  # the queue stops there
+    assert "topk_1 needs ~30 min (03,04,05; started for the 15 min left" in capsys.readouterr().out
+    run = RunPaths(tmp_path / "outputs" / "abl-topk_1")
+    assert set(stages.read_records(run)) == {"01", "02", "03"}
+    assert stages.read_paused(run)["04"]["seconds"] == pytest.approx(0.5 * M * 60)
+    paused = {a.name: a for a in abls}["topk_1"]
+    assert paused.stages_left == ("04", "05") and "paused at the deadline after 5.0 min" in paused.note
+    assert read_json(tmp_path / "results" / "study.json")["ablations"][1]["status"] == "paused"
+    assert not (tmp_path / "results" / "abl-topk_1").exists()  # nothing recorded, nothing failed
+
+    planned = {a.name: a for a in _study(tmp_path, topk, dry_run=True)}["topk_1"]
+    assert planned.status == "left" and planned.note == "stage 04 paused after 5 min, resumes"
+    calls.clear()
+    abls = _study(tmp_path, topk, budget_min=2.5 * M)  # 04 and 05 of topk_1 fit now, topk_2's 30 min do not
+    assert _status(abls) == {"base": "recorded", "topk_1": "ran now", "topk_2": "left"}
+    assert {a.name: a for a in abls}["topk_1"].note == ""
+    assert by_run(calls) == {"abl-topk_1": ["04", "05"]}
+    record = stages.read_records(run)["04"]
+    assert record["seconds"] == pytest.approx(1.5 * M * 60) and record["paused_seconds"] == pytest.approx(0.5 * M * 60)
+    assert stages.read_paused(run) == {}
+
+
+def test_partial_does_not_start_a_run_in_the_last_minutes(tmp_path, calls, capsys):
+    abls = _study(tmp_path, [_topk(tmp_path, 1)], budget_min=5.5 * M, partial=True)
+    assert _status(abls) == {"base": "ran now", "topk_1": "left"} and "stopping: topk_1" in capsys.readouterr().out
 
 
 def test_nothing_starts_when_the_first_run_does_not_fit(tmp_path, calls, capsys):

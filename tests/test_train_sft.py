@@ -216,8 +216,11 @@ def test_resume_checkpoint_clears_state_left_without_checkpoints(tmp_path):
     log.write_text('{"step": 24}\n')
     assert resume_checkpoint(out, "k1", [log]) is None and not log.exists()
     (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
+    (out / "checkpoint-4").mkdir()  # a save cut short: no trainer_state.json, so not resumed from
     log.write_text('{"step": 3}\n')
     assert resume_checkpoint(out, "k1", [log]).endswith("checkpoint-3") and log.exists()  # same run: resume
+    assert not (out / "checkpoint-4").exists()
     assert resume_checkpoint(out, "k2", [log]) is None and not log.exists() and not (out / "checkpoint-3").exists()
 
 

@@ -6,6 +6,7 @@ GRPO run on CPU read the same config), so they are derived in one place.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,4 +99,22 @@ def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) ->
                     p.unlink()
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stamp, key)
+        drop_unfinished_checkpoints(output_dir)
     return get_last_checkpoint(str(output_dir))
+
+
+def drop_unfinished_checkpoints(output_dir: Path) -> list[Path]:
+    """Remove `checkpoint-N` folders whose save was cut short (a killed run, a paused stage) and return them.
+
+    The Trainer writes a checkpoint's files in place and its `trainer_state.json` last, so a folder without a
+    readable one may hold half-written weights or optimizer state; resuming from the newest folder would load it.
+    """
+    dropped = []
+    for ckpt in sorted(output_dir.glob("checkpoint-*")):
+        state = ckpt / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError):
+            shutil.rmtree(ckpt)
+            dropped.append(ckpt)
+    return dropped
