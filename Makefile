@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/default.yaml
 BUDGET_MIN ?= 150  # minutes of the ablation study per invocation; records in results/ carry it across sessions
+# --partial spends the whole budget: the run that does not fit is started and paused at the end (resumed next time)
+ABLATE_FLAGS ?= --partial
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -41,10 +43,10 @@ test-all: install
 	$(VENV)/bin/pytest -q
 
 ablations: install
-	$(VENV)/bin/mrrec ablate $(PARAMS) params/ablations/*.yaml --budget-min $(BUDGET_MIN)
+	$(VENV)/bin/mrrec ablate $(PARAMS) params/ablations/*.yaml --budget-min $(BUDGET_MIN) $(ABLATE_FLAGS)
 
 ablations-probe: install
-	$(VENV)/bin/mrrec ablate $(PARAMS) $(PROBE_DELTAS) --scale params/eval/grpo_probe.yaml --budget-min $(BUDGET_MIN)
+	$(VENV)/bin/mrrec ablate $(PARAMS) $(PROBE_DELTAS) --scale params/eval/grpo_probe.yaml --budget-min $(BUDGET_MIN) $(ABLATE_FLAGS)
 
 lint: install
 	$(VENV)/bin/ruff check --fix mrrec_lib tests benchmarks
