@@ -47,10 +47,14 @@ def sft_throughput(results: Path) -> dict:
     """SFT training tokens/s over the records, fastest over slowest: the speed-up per unit of work reached so far.
 
     Seconds per step would also credit runs that train on shorter conversations (Rec-R1, ablations), not faster code.
+    A stage 03 reused by another run (donor seeding) is one training: counted once, by its measured train_seconds.
     """
-    rates = {}
+    rates, seen = {}, set()
     for f in sorted(results.glob("*/metrics/03_sft.json")):
         train, cfg = read_json(f).get("train") or {}, read_config(f.parents[1])
+        if train.get("train_seconds") in seen:
+            continue
+        seen.add(train.get("train_seconds"))
         if train.get("train_seconds") and train.get("last_step"):
             tokens = train["last_step"] * cfg.sft_batch_size * cfg.sft_grad_accum * train["tokens_mean"]
             rates[f"{f.parents[1].name} ({cfg.policy_prompt} prompt)"] = tokens / train["train_seconds"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -92,16 +91,20 @@ def test_sweep_plot_draws_each_curve_and_refuses_nothing_or_mixed_metrics(commit
         rt.plot_sweep({"a": curve, "b": curve.assign(metric="R@100")}, "memory_top_k")
 
 
-def test_grpo_table_replicate_sets_the_run_to_run_spread(committed):
-    """The GRPO-seed replicate is drawn apart and its |Δ| bounds the rows called within noise (from the records)."""
+def test_grpo_table_replicates_set_the_run_to_run_spread(committed):
+    """The GRPO-seed replicates are drawn apart; the largest |Δ| bounds the rows called within noise and the sd is
+    taken over the reference and its replicates (from the records)."""
     table = committed["grpo_ablations"]
     rows = table.table.set_index("row")
-    replicate = rows.loc["grpo-probe-grpo_seed_1:mrrec"]
-    assert replicate["replicate"] and replicate["setting"] == "grpo_seed=1" and math.isnan(replicate["holm_N@100"])
+    reps = rows[rows["replicate"]]
+    assert list(reps.index) == ["grpo-probe-grpo_seed_1:mrrec", "grpo-probe-grpo_seed_2:mrrec"]
+    assert reps["setting"].tolist() == ["grpo_seed=1", "grpo_seed=2"] and reps["holm_N@100"].isna().all()
     noise = rt.json_record(table)["run_to_run"]
-    assert noise["spread"] == pytest.approx(abs(replicate["d_N@100"]))
+    assert noise["spread"] == pytest.approx(reps["d_N@100"].abs().max())
+    assert noise["runs"] == 3
+    assert noise["sd"] == pytest.approx(rows.loc[[table.reference_row, *reps.index], "N@100"].std(ddof=1))
     assert all(abs(rows.loc[r, "d_N@100"]) <= noise["spread"] for r in noise["rows_within"])
     assert "grpo-probe-local_profile_only:mrrec" not in noise["rows_within"]
     fig = rt.plot_forest({"grpo_ablations": table})
     diamonds = [line for line in fig.get_axes()[0].lines if line.get_marker() == "D"]
-    assert len(diamonds) == 1 and list(diamonds[0].get_xdata()) == pytest.approx([replicate["d_N@100"]])
+    assert len(diamonds) == 1 and list(diamonds[0].get_xdata()) == pytest.approx(reps["d_N@100"].tolist())

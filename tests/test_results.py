@@ -519,7 +519,7 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     assert noise["sd"] == pytest.approx(float(scores.std(ddof=1))) and noise["sd"] > 0
     assert noise["rows_within"] == [r for r in ablated if abs(by_row.loc[r, "d_N@100"]) <= abs(d2)]
     text = table_markdown(spec, tmp_path, tmp_path)
-    assert f"Over the 3 runs of this configuration N@100 has sd {noise['sd']:.3f}" in text
+    assert f"Over the 3 runs of this configuration N@100 has mean {scores.mean():.3f} and sd {noise['sd']:.3f}" in text
 
     bad = yaml.safe_load(spec_file.read_text())
     spec_file.write_text(yaml.safe_dump({**bad, "replicates": ["grpo-probe-topk_1:mrrec"]}))

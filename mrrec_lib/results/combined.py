@@ -216,9 +216,10 @@ def _noise_line(table: pd.DataFrame, m: str, reference: str) -> str:
     each = "; ".join(f"`{r['row']}` {_signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
     inside = within_noise(table, m)
     sd, runs = seed_sd(table, m, reference)
+    mean = table.loc[table["replicate"] | (table["row"] == reference), m].mean()
     spread = "" if math.isnan(sd) else (
-        f" Over the {runs} runs of this configuration {m} has sd {sd:.3f}: two single runs differ by about "
-        f"{math.sqrt(2) * sd:.3f} (sd) from training alone, on top of each Δ's CI.")
+        f" Over the {runs} runs of this configuration {m} has mean {mean:.3f} and sd {sd:.3f}: two single runs differ "
+        f"by about {math.sqrt(2) * sd:.3f} (sd) from training alone, on top of each Δ's CI.")
     return (f"Run-to-run: reference minus replicate (the same configuration retrained with another seed), {m}: {each}. "
             f"{len(inside)} of {len(_compared(table, m))} other rows differ from the "
             f"reference by no more than the largest of these (|Δ| ≤ {run_to_run(table, m):.3f})"
