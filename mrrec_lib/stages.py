@@ -120,9 +120,12 @@ def _record_file(paths: RunPaths) -> Path:
     return paths.root / "stages.json"
 
 
-def read_records(paths: RunPaths) -> dict[str, dict]:
-    f = _record_file(paths)
+def _read_or_empty(f: Path) -> dict[str, dict]:
     return read_json(f) if f.exists() else {}
+
+
+def read_records(paths: RunPaths) -> dict[str, dict]:
+    return _read_or_empty(_record_file(paths))
 
 
 def record_stage(paths: RunPaths, stage: str, cfg: Config, seconds: float) -> None:
@@ -149,8 +152,7 @@ def _paused_file(paths: RunPaths) -> Path:
 
 def read_paused(paths: RunPaths) -> dict[str, dict]:
     """Stages stopped at a deadline before they finished: {stage: {"hash", "seconds" spent so far}}."""
-    f = _paused_file(paths)
-    return read_json(f) if f.exists() else {}
+    return _read_or_empty(_paused_file(paths))
 
 
 def record_pause(paths: RunPaths, stage: str, cfg: Config, seconds: float) -> float:
