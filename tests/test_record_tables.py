@@ -102,7 +102,8 @@ def test_grpo_table_replicates_set_the_run_to_run_spread(committed):
     noise = rt.json_record(table)["run_to_run"]
     assert noise["spread"] == pytest.approx(reps["d_N@100"].abs().max())
     assert noise["runs"] == 3
-    assert noise["sd"] == pytest.approx(rows.loc[[table.reference_row, *reps.index], "N@100"].std(ddof=1))
+    runs = rows.loc[[table.reference_row, *reps.index], "N@100"]
+    assert noise["sd"] == pytest.approx(runs.std(ddof=1)) and noise["mean"] == pytest.approx(runs.mean())
     assert all(abs(rows.loc[r, "d_N@100"]) <= noise["spread"] for r in noise["rows_within"])
     assert "grpo-probe-local_profile_only:mrrec" not in noise["rows_within"]
     fig = rt.plot_forest({"grpo_ablations": table})

@@ -495,7 +495,7 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     from mrrec_lib.viz.record_tables import CommittedTable, json_record
 
     assert json_record(CommittedTable(spec, table, 320, 126))["run_to_run"] == {
-        "metric": "N@100", "spread": 0.0, "rows_within": [], "runs": 2, "sd": None}
+        "metric": "N@100", "spread": 0.0, "rows_within": [], "runs": 2, "mean": None, "sd": None}
     text = table_markdown(spec, tmp_path, tmp_path)
     assert "— replicate" in text and "Run-to-run: reference minus replicate" in text and "0 of 2 other rows" in text
     assert "has sd" not in text  # one replicate: |Δ| is all there is
@@ -517,6 +517,7 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     scores = by_row.loc[["default-grpo-probe:mrrec", "default-grpo-probe-rerun:mrrec", "default-grpo-probe-rerun2:mrrec"], "N@100"]
     assert noise["spread"] == pytest.approx(abs(d2)) and noise["runs"] == 3
     assert noise["sd"] == pytest.approx(float(scores.std(ddof=1))) and noise["sd"] > 0
+    assert noise["mean"] == pytest.approx(float(scores.mean()))
     assert noise["rows_within"] == [r for r in ablated if abs(by_row.loc[r, "d_N@100"]) <= abs(d2)]
     text = table_markdown(spec, tmp_path, tmp_path)
     assert f"Over the 3 runs of this configuration N@100 has mean {scores.mean():.3f} and sd {noise['sd']:.3f}" in text

@@ -163,14 +163,16 @@ def run_to_run(table: pd.DataFrame, metric: str) -> float:
     return float(rep[f"d_{metric}"].abs().max()) if len(rep) else float("nan")
 
 
-def seed_sd(table: pd.DataFrame, metric: str, reference: str) -> tuple[float, int]:
-    """The standard deviation of `metric` over the reference and its replicates, and how many runs that is.
+def seed_spread(table: pd.DataFrame, metric: str, reference: str) -> tuple[float, float, int]:
+    """Mean and standard deviation of `metric` over the reference and its replicates, and how many runs that is.
 
-    It is the spread of one retraining's score; with a single replicate (two runs, one degree of freedom) it says no
-    more than |Δ| does, so it is NaN until there are two replicates.
+    The sd is the spread of one retraining's score; with a single replicate (two runs, one degree of freedom) it says
+    no more than |Δ| does, so mean and sd are NaN until there are two replicates.
     """
     scores = table.loc[table["replicate"] | (table["row"] == reference), metric]
-    return (float(scores.std(ddof=1)) if len(scores) >= 3 else float("nan")), len(scores)
+    if len(scores) < 3:
+        return float("nan"), float("nan"), len(scores)
+    return float(scores.mean()), float(scores.std(ddof=1)), len(scores)
 
 
 def _compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -215,8 +217,7 @@ def _noise_line(table: pd.DataFrame, m: str, reference: str) -> str:
     reps = table[table["replicate"]]
     each = "; ".join(f"`{r['row']}` {_signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
     inside = within_noise(table, m)
-    sd, runs = seed_sd(table, m, reference)
-    mean = table.loc[table["replicate"] | (table["row"] == reference), m].mean()
+    mean, sd, runs = seed_spread(table, m, reference)
     spread = "" if math.isnan(sd) else (
         f" Over the {runs} runs of this configuration {m} has mean {mean:.3f} and sd {sd:.3f}: two single runs differ "
         f"by about {math.sqrt(2) * sd:.3f} (sd) from training alone, on top of each Δ's CI.")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import changed_keys
-from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run, seed_sd, within_noise
+from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run, seed_spread, within_noise
 from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import json_records
 
@@ -180,7 +180,7 @@ def json_record(t: CommittedTable) -> dict:
            "rows": json_records(t.table)}
     if t.spec.replicates:
         m = t.spec.metrics[0]
-        sd, runs = seed_sd(t.table, m, t.reference_row)
+        mean, sd, runs = seed_spread(t.table, m, t.reference_row)
         out["run_to_run"] = {"metric": m, "spread": run_to_run(t.table, m), "rows_within": within_noise(t.table, m),
-                             "runs": runs, "sd": None if math.isnan(sd) else sd}
+                             "runs": runs, "mean": None if math.isnan(mean) else mean, "sd": None if math.isnan(sd) else sd}
     return out
