@@ -369,7 +369,7 @@ def paired_vs_full(
             seen.add(key)
             run = _run_of(summary, key[0])
             other = _per_query(outputs, run, key[1]) if run else None
-            base = {"label": r["label"], "ablation": key[0], "system": key[1], "replicate": name == "grpo_seeds"}
+            base = {"label": r["label"], "ablation": key[0], "system": key[1], "replicate": SEED_PANELS.get(name) == "grpo_seed"}
             if other is None:
                 rows.append({**base, "note": "no per-query results"})
                 continue
