@@ -253,7 +253,8 @@ def run_queue(
     partial: bool = False,
 ) -> None:
     """Run the queue in order while the next run's estimate fits before `deadline` (a `time.monotonic()` value);
-    with `partial`, start the first that does not fit and pause it at the deadline."""
+    with `partial`, start the first that does not fit, and pause whichever run is still going at the deadline
+    (without it a started run finishes even if it overruns its estimate, as before)."""
     for i, ab in enumerate(queue):
         estimate_left(queue[i:], model)  # re-planned each time: an earlier run may have failed
         left_min = (deadline - time.monotonic()) / 60
@@ -264,7 +265,7 @@ def run_queue(
                 f"[study] {'nothing started' if i == 0 else 'stopping'}: {need}, {left_min:.0f} min of the budget left"
             )
             return
-        stop_at = None if math.isinf(deadline) else time.time() + (deadline - time.monotonic())
+        stop_at = time.time() + (deadline - time.monotonic()) if partial and not math.isinf(deadline) else None
         how = "" if fits else f"; started for the {left_min:.0f} min left, paused at the budget and resumed next time"
         print(f"[study] {ab.name} -> {ab.run}: {need} ({','.join(ab.stages_left) or 'record only'}{how})")
         execute(ab, outputs, results, command, deadline=stop_at)
