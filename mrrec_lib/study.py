@@ -40,6 +40,7 @@ from mrrec_lib.study_cost import (
     estimated_seconds,
     finished_stages,
     job_for,
+    paused_stages,
     plan,
 )
 
@@ -144,7 +145,8 @@ def estimate_left(todo: list[Ablation], model: CostModel) -> None:
     """Set each ablation's stages and minutes still to run, in order, from what outputs/ holds now."""
     model.refresh()
     jobs = [job_for(ab.files, ab.cfg) for ab in todo]
-    for ab, cost in zip(todo, plan(jobs, finished_stages(model.outputs), model), strict=True):
+    costs = plan(jobs, finished_stages(model.outputs), model, paused_stages(model.outputs))
+    for ab, cost in zip(todo, costs, strict=True):
         ab.stages_left, ab.minutes_left = cost.stages, cost.seconds / 60
 
 

@@ -5,7 +5,9 @@ stages it will execute given what already exists. That mirrors the runner: a run
 skips its leading current stages (`runner.run`); an empty one is first seeded with the longest matching
 stage prefix of any other run (`ablate.seed_from_donor`). Runs queued earlier in the same study count as
 finished, because they will be by the time a later one starts, and a run whose stage 05 trains the Rec-R1
-companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04.
+companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04. A stage that an
+earlier `--partial` invocation paused at its deadline resumes from its checkpoints, so its price is reduced by the
+time it already spent (`resumed_seconds`).
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
 rough, so once the base run has measured a stage with the base params, that measurement sets the scale
@@ -22,10 +24,13 @@ from mrrec_lib import runner, stages
 from mrrec_lib.ablate import STAGE_ARTEFACTS
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.estimate import estimate
-from mrrec_lib.runs import read_json, resolve
+from mrrec_lib.runs import RunPaths, read_json, resolve
 
 STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
 COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companion` runs
+# Least share of a paused stage's price still charged when it resumes: it reloads its model and redoes the work
+# since its last checkpoint (a GRPO run paused at step 8 resumed from checkpoint 5), which no record measures.
+RESUME_FLOOR = 0.1
 
 StageSeconds = Callable[[tuple[Path, ...]], dict[str, float]]
 Hashes = dict[str, str]
@@ -81,6 +86,19 @@ def finished_stages(outputs: Path) -> dict[str, Hashes]:
         for f in sorted(outputs.iterdir())
         if (f / "stages.json").exists()
     }
+
+
+def paused_stages(outputs: Path) -> dict[str, dict[str, tuple[str, float]]]:
+    """Per run folder under outputs/, each stage paused at a deadline: (its config hash, seconds spent so far)."""
+    if not outputs.exists():
+        return {}
+    found = {f.name: stages.read_paused(RunPaths(f)) for f in sorted(outputs.iterdir()) if f.is_dir()}
+    return {run: {s: (p["hash"], float(p["seconds"])) for s, p in ps.items()} for run, ps in found.items() if ps}
+
+
+def resumed_seconds(price: float, spent: float) -> float:
+    """What is left of a stage priced `price` that has already run `spent` seconds before it was paused."""
+    return max(price - spent, RESUME_FLOOR * price)
 
 
 def _prefix(want: Hashes, have: Hashes) -> int:
@@ -160,13 +178,22 @@ class Cost:
     seconds: float
 
 
-def plan(jobs: list[Job], known: dict[str, Hashes], model: CostModel) -> list[Cost]:
-    """Each job's cost, in order, as if every earlier job in the list finished before it starts."""
+def plan(
+    jobs: list[Job],
+    known: dict[str, Hashes],
+    model: CostModel,
+    paused: dict[str, dict[str, tuple[str, float]]] | None = None,
+) -> list[Cost]:
+    """Each job's cost, in order, as if every earlier job in the list finished before it starts; a stage in
+    `paused` (`paused_stages`) under the job's own hash is priced as resumed."""
     known = {run: dict(h) for run, h in known.items()}
     out = []
     for job in jobs:
         todo = [s for s in job.hashes if s not in reused_stages(job.run, job.hashes, known)]
         per_stage = model.stage_seconds(job.files)
+        for s, (h, spent) in (paused or {}).get(job.run, {}).items():
+            if s in todo and h == job.hashes[s]:
+                per_stage[s] = resumed_seconds(per_stage[s], spent)
         seconds = sum(per_stage[s] for s in todo)
         labels = list(todo)
         if job.companion and "05" in todo:

@@ -163,6 +163,7 @@ def test_partial_starts_the_run_that_does_not_fit_pauses_it_and_resumes_it(tmp_p
 
     planned = {a.name: a for a in _study(tmp_path, topk, dry_run=True)}["topk_1"]
     assert planned.status == "left" and planned.note == "stage 04 paused after 5 min, resumes"
+    assert planned.minutes_left == pytest.approx(0.5 * M + M)  # 04 less the 5 min it ran, then 05
     calls.clear()
     abls = _study(tmp_path, topk, budget_min=2.5 * M)  # 04 and 05 of topk_1 fit now, topk_2's 30 min do not
     assert _status(abls) == {"base": "recorded", "topk_1": "ran now", "topk_2": "left"}
@@ -171,6 +172,32 @@ def test_partial_starts_the_run_that_does_not_fit_pauses_it_and_resumes_it(tmp_p
     record = stages.read_records(run)["04"]
     assert record["seconds"] == pytest.approx(1.5 * M * 60) and record["paused_seconds"] == pytest.approx(0.5 * M * 60)
     assert stages.read_paused(run) == {}
+
+
+def test_a_paused_stage_is_priced_less_its_spent_time_under_its_own_hash_only(tmp_path):
+    from mrrec_lib.runs import RunPaths
+
+    run = RunPaths(tmp_path / "abl-topk_1")
+    run.root.mkdir(parents=True)
+    cfg = load_config(base_params(tmp_path, companion=False), _topk(tmp_path, 1))
+    stages.record_pause(run, "04", cfg, 0.3 * M * 60)
+    write_json(tmp_path / "abl-other" / "paused.json", {"04": {"hash": "not-this-config", "seconds": 60.0}})
+    paused = study_cost.paused_stages(tmp_path)
+    assert paused == {
+        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60))},
+        "abl-other": {"04": ("not-this-config", 60.0)},
+    }
+    assert study_cost.paused_stages(tmp_path / "missing") == {}
+
+    flat = SimpleNamespace(stage_seconds=lambda files: dict.fromkeys(study_cost.STAGE_ORDER, 600.0))
+    job = study_cost.Job("abl-topk_1", (), {s: f"h{s}" for s in ("03", "04", "05")})
+
+    def cost(stage: str, h: str, spent: float) -> float:
+        return study_cost.plan([job], {}, flat, {"abl-topk_1": {stage: (h, spent)}})[0].seconds
+
+    assert cost("04", "h04", 180.0) == 1800.0 - 180.0
+    assert cost("04", "h04", 900.0) == pytest.approx(1200.0 + 600.0 * study_cost.RESUME_FLOOR)  # overran its price
+    assert cost("04", "other", 180.0) == cost("02", "h02", 180.0) == 1800.0  # another config's pause; a reused stage
 
 
 def test_partial_does_not_start_a_run_in_the_last_minutes(tmp_path, calls, capsys):
