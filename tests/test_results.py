@@ -492,6 +492,9 @@ def test_replicate_rows_are_shown_kept_out_of_holm_and_bound_the_other_rows(tmp_
     ablated = ["grpo-probe-topk_1:mrrec", "grpo-probe-no_local_memory:mrrec"]
     assert by_row.loc[ablated, "holm_N@100"].tolist() == pytest.approx(holm(by_row.loc[ablated, "p_N@100"].tolist()))
     assert within_noise(table, "N@100") == []  # a zero spread holds no ablation with a nonzero difference
+    printed = pd.DataFrame({"row": ["rep", "same", "above"], "replicate": [True, False, False],
+                            "d_N@100": [-0.0369, -0.0374, 0.0376]})
+    assert within_noise(printed, "N@100") == ["same"]  # -0.037 beside -0.037 is inside; 0.038 is not
     from mrrec_lib.viz.record_tables import CommittedTable, json_record
 
     assert json_record(CommittedTable(spec, table, 320, 126))["run_to_run"] == {

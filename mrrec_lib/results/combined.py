@@ -182,12 +182,13 @@ def _compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def within_noise(table: pd.DataFrame, metric: str) -> list[str]:
     """The other rows (ablations, other systems) whose |difference| from the reference is no larger than the
-    replicates' spread."""
+    replicates' spread, compared at the 3 decimals the table prints: a row shown with the same |Δ| as the widest
+    replicate (0.0374 vs 0.0369, both "0.037") is inside it, as the reader sees it."""
     spread = run_to_run(table, metric)
     if math.isnan(spread):
         return []
     rows = _compared(table, metric)
-    return rows.loc[rows[f"d_{metric}"].abs() <= spread, "row"].tolist()
+    return rows.loc[rows[f"d_{metric}"].abs().round(3) <= round(spread, 3), "row"].tolist()
 
 
 def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) -> str:
