@@ -28,9 +28,10 @@ from mrrec_lib.runs import RunPaths, read_json, resolve
 
 STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
 COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companion` runs
-# Least share of a paused stage's price still charged when it resumes: it reloads its model and redoes the work
-# since its last checkpoint (a GRPO run paused at step 8 resumed from checkpoint 5), which no record measures.
-RESUME_FLOOR = 0.1
+# Least share of a paused stage's price still charged when it resumes: time spent overstates progress, because a
+# resumed stage reloads its model and redoes the work since its last checkpoint and may run slower than priced
+# (grpo-probe-topk_4 had spent 52 of its 57 priced minutes at step 14 of 20, checkpoint 10), which no record measures.
+RESUME_FLOOR = 0.5
 
 StageSeconds = Callable[[tuple[Path, ...]], dict[str, float]]
 Hashes = dict[str, str]
