@@ -134,10 +134,10 @@ def record_state(ab: Ablation, results: Path, retry_failed: bool) -> tuple[str, 
     return LEFT, note
 
 
-def paused_note(ab: Ablation, outputs: Path) -> str:
-    """What an earlier `partial` invocation left in outputs/<run>: the stage it paused in and the time spent."""
-    paused = stages.read_paused(RunPaths(outputs / ab.run))
-    mine = [(s, p["seconds"]) for s, p in sorted(paused.items()) if p.get("hash") == stages.stage_hash(ab.cfg, s)]
+def paused_note(ab: Ablation, paused: dict[str, dict[str, tuple[str, float]]]) -> str:
+    """What an earlier `partial` invocation left in outputs/<run> (`paused_stages`): the stage it paused in under
+    this ablation's config and the time spent."""
+    mine = [(s, sec) for s, (h, sec) in sorted(paused.get(ab.run, {}).items()) if h == stages.stage_hash(ab.cfg, s)]
     return "; ".join(f"stage {s} paused after {sec / 60:.0f} min, resumes" for s, sec in mine)
 
 
@@ -301,9 +301,10 @@ def run_study(
     outputs, results = resolve(base_cfg.outputs_dir), resolve(results_dir)
     scale = Path(scale) if scale is not None else None
     abls = collect(base, [Path(d) for d in deltas], scale)
+    paused = paused_stages(outputs)
     for ab in abls:
         ab.status, ab.note = record_state(ab, results, retry_failed)
-        if ab.status == LEFT and (note := paused_note(ab, outputs)):
+        if ab.status == LEFT and (note := paused_note(ab, paused)):
             ab.note = "; ".join(x for x in (ab.note, note) if x)
     model = CostModel(stage_seconds or estimated_seconds, abls[0].files, abls[0].run, outputs, results)
     if not dry_run:
