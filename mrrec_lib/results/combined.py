@@ -49,6 +49,7 @@ class TableSpec:
     replicates: list[tuple[str, str]] = field(default_factory=list)  # reruns of the reference with another seed
 
 
+DIGITS = 3  # the decimals the tables print: a Δ, its CI and "within run-to-run noise" are all judged at this precision
 REPLICATE_KEYS = ("grpo_seed",)  # the only keys a replicate may change: another seed on the same split, memory and SFT
 
 
@@ -182,13 +183,13 @@ def _compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def within_noise(table: pd.DataFrame, metric: str) -> list[str]:
     """The other rows (ablations, other systems) whose |difference| from the reference is no larger than the
-    replicates' spread, compared at the 3 decimals the table prints: a row shown with the same |Δ| as the widest
+    replicates' spread, compared at the DIGITS decimals the table prints: a row shown with the same |Δ| as the widest
     replicate (0.0374 vs 0.0369, both "0.037") is inside it, as the reader sees it."""
     spread = run_to_run(table, metric)
     if math.isnan(spread):
         return []
     rows = _compared(table, metric)
-    return rows.loc[rows[f"d_{metric}"].abs().round(3) <= round(spread, 3), "row"].tolist()
+    return rows.loc[rows[f"d_{metric}"].abs().round(DIGITS) <= round(spread, DIGITS), "row"].tolist()
 
 
 def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) -> str:
@@ -220,11 +221,11 @@ def _noise_line(table: pd.DataFrame, m: str, reference: str) -> str:
     inside = within_noise(table, m)
     mean, sd, runs = seed_spread(table, m, reference)
     spread = "" if math.isnan(sd) else (
-        f" Over the {runs} runs of this configuration {m} has mean {mean:.3f} and sd {sd:.3f}: two single runs differ "
-        f"by about {math.sqrt(2) * sd:.3f} (sd) from training alone, on top of each Δ's CI.")
+        f" Over the {runs} runs of this configuration {m} has mean {mean:.{DIGITS}f} and sd {sd:.{DIGITS}f}: two single runs differ "
+        f"by about {math.sqrt(2) * sd:.{DIGITS}f} (sd) from training alone, on top of each Δ's CI.")
     return (f"Run-to-run: reference minus replicate (the same configuration retrained with another seed), {m}: {each}. "
             f"{len(inside)} of {len(_compared(table, m))} other rows differ from the "
-            f"reference by no more than the largest of these (|Δ| ≤ {run_to_run(table, m):.3f})"
+            f"reference by no more than the largest of these (|Δ| ≤ {run_to_run(table, m):.{DIGITS}f})"
             + (f": {', '.join(f'`{r}`' for r in inside)}." if inside else ".") + spread)
 
 
@@ -240,15 +241,15 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
         if spec.setting_keys:
             row["Changed vs reference"] = r["setting"]
         for m in spec.metrics:
-            row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+            row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], DIGITS)
         m = spec.metrics[0]
         row[f"Δ {m} [CI]"] = "—" if reference else _signed_ci(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"])
         row["Holm p"] = "—" if reference or r["replicate"] else fmt(r[f"holm_{m}"], ".3f")
-        row["MDD"] = "—" if reference else fmt(r[f"mdd_{m}"], ".3f")
+        row["MDD"] = "—" if reference else fmt(r[f"mdd_{m}"], f".{DIGITS}f")
         row["Malformed"] = fmt(r["malformed_rate"], ".0%")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _signed_ci(d: float, lo: float, hi: float) -> str:
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return f"{d:+.{DIGITS}f} [{lo:+.{DIGITS}f}, {hi:+.{DIGITS}f}]"
