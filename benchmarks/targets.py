@@ -48,22 +48,29 @@ def sft_throughput(results: Path) -> dict:
 
     Seconds per step would also credit runs that train on shorter conversations (Rec-R1, ablations), not faster code.
     A stage 03 reused by another run (donor seeding) is one training: counted once, by its measured train_seconds.
+    Tokens are the conversations trained on: a record from before `trained_tokens_mean` that dropped some for length
+    has only the mean over all candidates, which counts the longest ones never trained on, so it is left out.
     """
-    rates, seen = {}, set()
+    rates, seen, unknown = {}, set(), 0
     for f in sorted(results.glob("*/metrics/03_sft.json")):
         train, cfg = read_json(f).get("train") or {}, read_config(f.parents[1])
-        if train.get("train_seconds") in seen:
+        if train.get("train_seconds") in seen or not (train.get("train_seconds") and train.get("last_step")):
             continue
         seen.add(train.get("train_seconds"))
-        if train.get("train_seconds") and train.get("last_step"):
-            tokens = train["last_step"] * cfg.sft_batch_size * cfg.sft_grad_accum * train["tokens_mean"]
-            rates[f"{f.parents[1].name} ({cfg.policy_prompt} prompt)"] = tokens / train["train_seconds"]
-    if not rates:
-        return _row("SFT speed", ">= 3x", "no record with SFT training times", False, "results/*/metrics/03_sft.json")
+        length = train.get("trained_tokens_mean", train["tokens_mean"] if train.get("dropped_too_long") == 0 else None)
+        if length is None:
+            unknown += 1
+            continue
+        tokens = train["last_step"] * cfg.sft_batch_size * cfg.sft_grad_accum * length
+        rates[f"{f.parents[1].name} ({cfg.policy_prompt} prompt)"] = tokens / train["train_seconds"]
+    if len(rates) < 2:
+        return _row("SFT training tokens/s", ">= 3x", f"{len(rates)} record(s) with a known trained length", False,
+                    "results/*/metrics/03_sft.json")
     lo, hi = min(rates, key=rates.get), max(rates, key=rates.get)
     ratio = rates[hi] / rates[lo]
-    return _row("SFT training tokens/s", ">= 3x", f"{rates[lo]:.0f}-{rates[hi]:.0f} over {len(rates)} records ({ratio:.2f}x; "
-                f"fastest {hi}, slowest {lo})", ratio >= 3, "results/*/metrics/03_sft.json")
+    left_out = f"; {unknown} trainings that dropped long conversations left out: no trained length recorded" if unknown else ""
+    return _row("SFT training tokens/s", ">= 3x", f"{rates[lo]:.0f}-{rates[hi]:.0f} over {len(rates)} trainings ({ratio:.2f}x; "
+                f"fastest {hi}, slowest {lo}{left_out})", ratio >= 3, "results/*/metrics/03_sft.json")
 
 
 def grpo_shape(cfg) -> dict:

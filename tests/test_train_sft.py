@@ -14,7 +14,7 @@ from mrrec_lib.config import Config
 from mrrec_lib.runs import MissingStageError, RunPaths, read_jsonl
 from mrrec_lib.train import checkpoints
 from mrrec_lib.train.environment import TOOL_NAME, tool_schema
-from mrrec_lib.train.sft import build_sft_config, build_sft_trainer, conversation_length, train_sft
+from mrrec_lib.train.sft import build_sft_config, build_sft_trainer, conversation_length, length_stats, train_sft
 from mrrec_lib.train.sft_data import (
     _filter,
     aspect_clause,
@@ -163,6 +163,14 @@ def test_assistant_only_loss_masks_prompt_and_tool_results(tmp_path):
     assert torch.equal(batch["labels"][0] != -100, torch.tensor(mask))
 
 
+def test_length_stats_count_the_trained_length_apart_from_the_dropped_ones():
+    # the dropped conversations are the longest: a throughput over all candidates would credit work never done
+    stats = length_stats([100, 300, 900, 1500], max_length=1024)
+    assert stats["examples"] == 3 and stats["dropped_too_long"] == 1 and stats["tokens_max"] == 1500
+    assert stats["tokens_mean"] == 700.0 and stats["trained_tokens_mean"] == pytest.approx(433.33, abs=0.01)
+    assert length_stats([2000], max_length=1024)["trained_tokens_mean"] == 0.0
+
+
 def test_train_resume_publish_and_load(tmp_path, monkeypatch):
     cfg = Config(
         outputs_dir=str(tmp_path),
@@ -183,6 +191,7 @@ def test_train_resume_publish_and_load(tmp_path, monkeypatch):
 
     out = train_sft(cfg, paths, records, tiny_model(tok), tok)
     assert out["last_step"] == 1 and out["examples"] == 2 and np.isfinite(out["train_loss"])
+    assert out["trained_tokens_mean"] == out["tokens_mean"] > 0  # nothing dropped
     # resume: a longer run continues from checkpoint-1 instead of starting over
     out = train_sft(cfg.model_copy(update={"sft_max_steps": 2}), paths, records, tiny_model(tok), tok)
     assert out["last_step"] == 2

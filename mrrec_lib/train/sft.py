@@ -62,6 +62,20 @@ def fit_length(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -
     return [r for r, n in zip(records, lengths, strict=True) if n <= max_length], lengths
 
 
+def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
+    """Conversation lengths in tokens: `tokens_mean` over every candidate (what the length figure shows), and
+    `trained_tokens_mean` over those under `max_length` only, the work a training step does (throughput counts
+    these: the dropped ones are the longest, so the first overstates it)."""
+    trained = [n for n in lengths if n <= max_length]
+    return {
+        "examples": len(trained),
+        "dropped_too_long": len(lengths) - len(trained),
+        "tokens_mean": float(sum(lengths) / len(lengths)) if lengths else 0.0,
+        "trained_tokens_mean": float(sum(trained) / len(trained)) if trained else 0.0,
+        "tokens_max": max(lengths, default=0),
+    }
+
+
 def build_sft_trainer(cfg: Config, args: Any, model: Any, tokenizer: Any, records: list[dict], callbacks=()):
     from datasets import Dataset
     from trl import SFTTrainer
@@ -112,10 +126,7 @@ def train_sft(
         write_csv_mirror(log_path)
     return {
         **info,
-        "examples": len(fitting),
-        "dropped_too_long": len(records) - len(fitting),
-        "tokens_mean": float(sum(lengths) / len(lengths)) if lengths else 0.0,
-        "tokens_max": max(lengths, default=0),
+        **length_stats(lengths, cfg.sft_max_length),
         "train_loss": float(result.training_loss),
         "train_seconds": seconds,
         "log": read_jsonl(log_path),
