@@ -6,8 +6,9 @@ exactly what it ran with. Stages whose config hash matches a finished record
 are skipped; a stage that reruns invalidates everything downstream.
 
 A run may be given a deadline (a session ends, a longer stage than a session
-must still advance): at the deadline the stage's kernel is killed and the run
-stops with `StagePaused`. Every long stage resumes from what it wrote (memory
+must still advance): a training stage checkpoints and stops at the last step
+boundary before it (`mrrec_lib.deadline`), any other stage's kernel is killed
+at the deadline, and the run stops with `StagePaused`. Every long stage resumes from what it wrote (memory
 parts files, trainer checkpoints, the evaluation's per-batch results), so the
 next `mrrec run`/`mrrec ablate` of the same config continues it; the time
 spent is kept (`stages.record_pause`) and added to the stage's record when it
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from mrrec_lib import stages
 from mrrec_lib.config import Config, load_config, save_config
+from mrrec_lib.deadline import DeadlineReached, handed_to_kernels
 from mrrec_lib.runs import STAGES, RunPaths, project_root, run_paths
 
 # The stages that train policies: a run that evaluates another run's policies (`eval_models_run`) runs neither.
@@ -129,6 +131,8 @@ def execute_stage(stage: str, cfg: Config, paths: RunPaths, log_output: bool = F
             log_output=log_output,
         )
     except pm.PapermillExecutionError as e:
+        if e.ename == DeadlineReached.__name__:  # the trainer checkpointed and stopped before the deadline
+            raise DeadlineReached(e.evalue) from e
         raise StageFailed(f"stage {STAGES[stage]} failed ({e.ename}: {e.evalue}); see {out}") from e
     return time.perf_counter() - start
 
@@ -183,11 +187,11 @@ def run(
             raise StagePaused(stage, 0.0, stages.read_paused(paths).get(stage, {}).get("seconds", 0.0))
         stages.forget_from(paths, stage)
         start = time.perf_counter()
-        with kill_at(deadline) as killed:
+        with kill_at(deadline) as killed, handed_to_kernels(deadline):
             try:
                 seconds = execute_stage(stage, cfg, paths, log_output=log_output)
             except Exception as e:
-                if not killed():
+                if not (killed() or isinstance(e, DeadlineReached)):
                     raise
                 spent = time.perf_counter() - start
                 raise StagePaused(stage, spent, stages.record_pause(paths, stage, cfg, spent)) from e

@@ -7,6 +7,7 @@ path is the one `mrrec ablate --partial` and `mrrec run --budget-min` take, with
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 from mrrec_lib import cli, runner, stages
+from mrrec_lib.deadline import DEADLINE_ENV, DeadlineReached
 from mrrec_lib.runs import RunPaths
 from mrrec_lib.train.common import drop_unfinished_checkpoints
 
@@ -57,6 +59,26 @@ def test_the_deadline_kills_the_kernel_and_the_rerun_finishes_with_the_paused_ti
     record = stages.read_records(run)["01"]
     assert record["paused_seconds"] == pytest.approx(paused.value.seconds, abs=0.2)
     assert record["seconds"] > record["paused_seconds"] and stages.read_paused(run) == {}
+
+
+def test_a_trainer_stopping_before_the_deadline_pauses_the_run_without_a_kill(tmp_path, params, monkeypatch):
+    seen = tmp_path / "deadline_seen"
+    code = (f"import os\nopen({str(seen)!r}, 'w').write(os.environ[{DEADLINE_ENV!r}])\n"
+            "from mrrec_lib.deadline import DeadlineReached\nraise DeadlineReached('saved checkpoint-7 and stopped')")
+    monkeypatch.setattr(runner, "notebook_path", lambda stage: _notebook(tmp_path / "stops.ipynb", code))
+    monkeypatch.delenv(DEADLINE_ENV, raising=False)
+    deadline = time.time() + 600
+    with pytest.raises(runner.StagePaused, match="stage 01_data_prep paused at the deadline") as paused:
+        runner.run([params], only="01", deadline=deadline)
+    assert float(seen.read_text()) == pytest.approx(deadline)  # the kernel was handed the deadline
+    assert isinstance(paused.value.__cause__, DeadlineReached) and time.time() < deadline  # stopped, not killed
+    assert DEADLINE_ENV not in os.environ  # handed to the kernel only
+    assert stages.read_paused(RunPaths(tmp_path / "outputs" / "base"))["01"]["seconds"] == pytest.approx(
+        paused.value.seconds, abs=0.2)
+
+    monkeypatch.setattr(runner, "notebook_path", lambda stage: _notebook(tmp_path / "fails.ipynb", "raise ValueError('x')"))
+    with pytest.raises(runner.StageFailed, match="ValueError"):  # any other error is a failure, deadline or not
+        runner.run([params], only="01", deadline=deadline)
 
 
 def test_cli_run_budget_exits_paused(params, monkeypatch, capsys):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from train_support import (
@@ -16,8 +19,9 @@ from train_support import (
 )
 
 from mrrec_lib.config import Config, load_config
+from mrrec_lib.deadline import DeadlineReached
 from mrrec_lib.runs import RunPaths, read_jsonl
-from mrrec_lib.train.callbacks import StepLogger, ValidationCallback
+from mrrec_lib.train.callbacks import SaveBeforeDeadline, StepLogger, ValidationCallback
 from mrrec_lib.train.environment import make_memory_env, tool_schema
 from mrrec_lib.train.grpo import batch_layout, before_after, build_grpo_config, build_grpo_trainer
 
@@ -314,6 +318,23 @@ def test_no_validation_queries_means_no_before_after():
     summary = {"start": "sft", "variant": "grpo", "best_step": 1, "validation": []}
     table, paired = before_after(Config(grpo_eval_queries=0), None, summary)
     assert table.empty and paired == []
+
+
+def test_grpo_stops_before_the_deadline_with_a_checkpoint_of_its_last_step(tmp_path):
+    cfg = _cfg(tmp_path, grpo_max_steps=3, grpo_save_every=50)
+    paths = _paths(tmp_path)
+    tok = smol_tokenizer()
+    args = build_grpo_config(cfg, paths)
+    far, near = SaveBeforeDeadline(time.time() + 86400), SaveBeforeDeadline(time.time() + 30)
+    trainer = build_grpo_trainer(cfg, args, tiny_model(tok), tok, grpo_rows(4), [boxed_reward],
+                                 make_memory_env(None, 3, fake_tool_factory), [near, far, StepLogger(paths.logs / "s.jsonl")])
+    _scripted_generation(trainer, tok)
+    trainer.train()
+    assert trainer.state.global_step == 1 and far.stopped_at is None  # a step plus a save does not fit in 30 s
+    assert [p.name for p in Path(args.output_dir).glob("checkpoint-*")] == ["checkpoint-1"]  # none periodic before 50
+    far.raise_if_stopped()
+    with pytest.raises(DeadlineReached, match="checkpoint-1"):
+        near.raise_if_stopped()
 
 
 def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from train_support import TOOL_RESULT, smol_tokenizer, tiny_model
 
 from mrrec_lib.agent.parse import parse_answer
 from mrrec_lib.config import Config
+from mrrec_lib.deadline import DEADLINE_ENV, DeadlineReached, deadline_from_env
 from mrrec_lib.runs import MissingStageError, RunPaths, read_jsonl
 from mrrec_lib.train import checkpoints
 from mrrec_lib.train.environment import TOOL_NAME, tool_schema
@@ -215,6 +217,34 @@ def test_train_resume_publish_and_load(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(merged(x).logits, reference(x).logits, atol=1e-4)
         assert not torch.allclose(merged(x).logits, tiny_model(tok)(x).logits, atol=1e-4)  # training changed it
+
+
+def test_a_deadline_stops_training_with_a_checkpoint_of_the_last_step_and_the_rerun_resumes_it(tmp_path, monkeypatch):
+    cfg = Config(outputs_dir=str(tmp_path), run_name="t", device="cpu", sft_max_steps=3, sft_save_every=50,
+                 sft_batch_size=1, lora_r=4, lora_alpha=8)
+    paths = RunPaths(tmp_path / "t").ensure()
+    tok = smol_tokenizer()
+    records = [_record(_conversation(seed=s, max_calls=1)) for s in range(2)]
+    # no periodic checkpoint before step 50: only the stop for the deadline can have written one
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 30))  # no step plus a save fits in 30 s
+    with pytest.raises(DeadlineReached, match="saved checkpoint-1 and stopped"):
+        train_sft(cfg, paths, records, tiny_model(tok), tok)
+    ckpts = checkpoints.checkpoints_dir(paths, "sft")
+    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not checkpoints.final_dir(paths, "sft").exists()  # a paused stage publishes nothing
+
+    monkeypatch.delenv(DEADLINE_ENV)
+    out = train_sft(cfg, paths, records, tiny_model(tok), tok)
+    assert out["last_step"] == 3
+    assert [r["step"] for r in read_jsonl(paths.logs / "03_sft_train.jsonl") if "loss" in r] == [1, 2, 3]
+
+
+def test_deadline_env_names_itself_when_malformed(monkeypatch):
+    monkeypatch.setenv(DEADLINE_ENV, "tomorrow")
+    with pytest.raises(ValueError, match=DEADLINE_ENV):
+        deadline_from_env()
+    monkeypatch.setenv(DEADLINE_ENV, "")
+    assert deadline_from_env() is None
 
 
 def test_resume_checkpoint_clears_state_left_without_checkpoints(tmp_path):

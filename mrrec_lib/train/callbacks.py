@@ -1,6 +1,6 @@
-"""Trainer callbacks: per-step logs to the run folder, and validation with early stopping.
+"""Trainer callbacks: per-step logs to the run folder, validation with early stopping, and a stop before the deadline.
 
-Both keep their state in append-only JSONL files under `paths.logs`, so a resumed
+The first two keep their state in append-only JSONL files under `paths.logs`, so a resumed
 run continues its curves and its patience counter instead of starting them over; rows
 a killed run wrote after its last checkpoint are dropped on resume, since those steps rerun.
 """
@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from transformers import TrainerCallback
 
+from mrrec_lib.deadline import DeadlineReached
 from mrrec_lib.runs import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 
 
@@ -151,3 +152,41 @@ class ValidationCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self._run(state.global_step, model, control, state.is_world_process_zero)
+
+
+class SaveBeforeDeadline(TrainerCallback):
+    """Checkpoints and stops training once the longest interval between two step ends (a step plus whatever
+    callbacks ran at its end, e.g. a validation) and a checkpoint's save no longer fit before the run's deadline
+    (`mrrec_lib.deadline`); `raise_if_stopped` then turns the stop into a pause.
+
+    Put it first among the callbacks: its clock then starts before a validation run at `on_train_begin`, so the
+    first interval already includes one.
+    """
+
+    save_allowance_s = 60.0  # a LoRA checkpoint with its optimizer state on 2 cores, with room to spare
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.stopped_at: int | None = None
+        self._last = time.time()
+        self._longest = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.time()
+        self._longest = max(self._longest, now - self._last)
+        self._last = now
+        if self.deadline is not None and now + self._longest + self.save_allowance_s >= self.deadline:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+    def raise_if_stopped(self) -> None:
+        """Call after `trainer.train()`: a stop for the deadline is a pause, never a finished stage."""
+        if self.stopped_at is not None:
+            raise DeadlineReached(
+                f"saved checkpoint-{self.stopped_at} and stopped: the next step would end past the deadline "
+                f"({time.strftime('%H:%M:%S', time.localtime(self.deadline))}); rerunning the same config resumes it"
+            )

@@ -28,8 +28,9 @@ from typing import Any
 import pandas as pd
 
 from mrrec_lib.config import Config, load_config
+from mrrec_lib.deadline import deadline_from_env
 from mrrec_lib.runs import RunPaths, read_jsonl, run_paths, write_json
-from mrrec_lib.train.callbacks import StepLogger, ValidationCallback, write_csv_mirror
+from mrrec_lib.train.callbacks import SaveBeforeDeadline, StepLogger, ValidationCallback, write_csv_mirror
 from mrrec_lib.train.checkpoints import (
     base_reference,
     checkpoints_dir,
@@ -241,7 +242,8 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
         resume_key(cfg, "04", policy_stamp(paths, start)),
         [steps_log, steps_log.with_suffix(".csv"), val_log, best_dir],
     )
-    callbacks: list[Any] = [StepLogger(steps_log)]
+    stopper = SaveBeforeDeadline(deadline_from_env())
+    callbacks: list[Any] = [stopper, StepLogger(steps_log)]
     validator = None
     if cfg.grpo_eval_every > 0 and cfg.grpo_eval_queries > 0:
         if evaluate is None:
@@ -258,6 +260,7 @@ def train_grpo(cfg: Config, paths: RunPaths, evaluate: Callable[[Any], dict] | N
     already_stopped = validator is not None and validator.bad_evals >= validator.patience
     if not already_stopped:
         trainer.train(resume_from_checkpoint=resume)
+        stopper.raise_if_stopped()
     seconds = time.perf_counter() - started
     if validator is None or validator.best_step < 0:
         trainer.save_model(str(best_dir))

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mrrec_lib.config import Config
+from mrrec_lib.deadline import deadline_from_env
 from mrrec_lib.runs import RunPaths, read_jsonl
-from mrrec_lib.train.callbacks import StepLogger, write_csv_mirror
+from mrrec_lib.train.callbacks import SaveBeforeDeadline, StepLogger, write_csv_mirror
 from mrrec_lib.train.checkpoints import base_reference, checkpoints_dir, final_dir, publish_policy, stage_dir
 from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, resume_key, set_threads
 
@@ -113,9 +114,11 @@ def train_sft(
     args = build_sft_config(cfg, paths)
     log_path = paths.logs / "03_sft_train.jsonl"
     resume = resume_checkpoint(Path(args.output_dir), resume_key(cfg, "03"), [log_path, log_path.with_suffix(".csv")])
-    trainer = build_sft_trainer(cfg, args, model, tokenizer, fitting, [StepLogger(log_path)])
+    stopper = SaveBeforeDeadline(deadline_from_env())
+    trainer = build_sft_trainer(cfg, args, model, tokenizer, fitting, [stopper, StepLogger(log_path)])
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
+    stopper.raise_if_stopped()
     seconds = time.perf_counter() - start
     last = stage_dir(paths, "sft") / "last"
     trainer.save_model(str(last))
