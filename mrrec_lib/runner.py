@@ -8,11 +8,11 @@ are skipped; a stage that reruns invalidates everything downstream.
 A run may be given a deadline (a session ends, a longer stage than a session
 must still advance): a training stage checkpoints and stops at the last step
 boundary before it (`mrrec_lib.deadline`), any other stage's kernel is killed
-at the deadline, and the run stops with `StagePaused`. Every long stage resumes from what it wrote (memory
-parts files, trainer checkpoints, the evaluation's per-batch results), so the
-next `mrrec run`/`mrrec ablate` of the same config continues it; the time
-spent is kept (`stages.record_pause`) and added to the stage's record when it
-finishes.
+at the deadline, and the run stops with `StagePaused`. Every long stage resumes
+from what it wrote (memory parts files, trainer checkpoints, the evaluation's
+per-batch results), so the next `mrrec run`/`mrrec ablate` of the same config
+continues it; the time spent is kept (`stages.record_pause`) and added to the
+stage's record when it finishes.
 """
 
 from __future__ import annotations

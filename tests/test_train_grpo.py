@@ -335,6 +335,13 @@ def test_grpo_stops_before_the_deadline_with_a_checkpoint_of_its_last_step(tmp_p
     far.raise_if_stopped()
     with pytest.raises(DeadlineReached, match="checkpoint-1"):
         near.raise_if_stopped()
+    # at the last step training ends anyway: the stage finishes instead of pausing for a resume with nothing left
+    from types import SimpleNamespace
+
+    last = SaveBeforeDeadline(time.time())
+    control = SimpleNamespace(should_save=False, should_training_stop=False)
+    last.on_step_end(None, SimpleNamespace(global_step=3, max_steps=3), control)
+    assert last.stopped_at is None and not control.should_save
 
 
 def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):

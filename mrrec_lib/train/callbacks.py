@@ -178,7 +178,8 @@ class SaveBeforeDeadline(TrainerCallback):
         now = time.time()
         self._longest = max(self._longest, now - self._last)
         self._last = now
-        if self.deadline is not None and now + self._longest + self.save_allowance_s >= self.deadline:
+        last = state.max_steps > 0 and state.global_step >= state.max_steps  # training ends here anyway: finish it
+        if self.deadline is not None and not last and now + self._longest + self.save_allowance_s >= self.deadline:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
