@@ -36,6 +36,7 @@ from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, read_json, r
 from mrrec_lib.study_cost import (
     STAGE_ORDER,
     CostModel,
+    Paused,
     StageSeconds,
     estimated_seconds,
     finished_stages,
@@ -134,11 +135,16 @@ def record_state(ab: Ablation, results: Path, retry_failed: bool) -> tuple[str, 
     return LEFT, note
 
 
-def paused_note(ab: Ablation, paused: dict[str, dict[str, tuple[str, float]]]) -> str:
+def paused_note(ab: Ablation, paused: dict[str, dict[str, Paused]]) -> str:
     """What an earlier `partial` invocation left in outputs/<run> (`paused_stages`): the stage it paused in under
-    this ablation's config and the time spent."""
-    mine = [(s, sec) for s, (h, sec) in sorted(paused.get(ab.run, {}).items()) if h == stages.stage_hash(ab.cfg, s)]
-    return "; ".join(f"stage {s} paused after {sec / 60:.0f} min, resumes" for s, sec in mine)
+    this ablation's config, the time spent and the checkpoint it resumes from."""
+    mine = [(s, p) for s, p in sorted(paused.get(ab.run, {}).items()) if p.hash == stages.stage_hash(ab.cfg, s)]
+    return "; ".join(
+        f"stage {s} paused after {p.seconds / 60:.0f} min"
+        + (f" at step {p.steps[0]} of {p.steps[1]}" if p.steps else "")
+        + ", resumes"
+        for s, p in mine
+    )
 
 
 def estimate_left(todo: list[Ablation], model: CostModel) -> None:

@@ -6,8 +6,9 @@ skips its leading current stages (`runner.run`); an empty one is first seeded wi
 stage prefix of any other run (`ablate.seed_from_donor`). Runs queued earlier in the same study count as
 finished, because they will be by the time a later one starts, and a run whose stage 05 trains the Rec-R1
 companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04. A stage that an
-earlier `--partial` invocation paused at its deadline resumes from its checkpoints, so its price is reduced by the
-time it already spent (`resumed_seconds`).
+earlier `--partial` invocation paused at its deadline resumes from its checkpoints, so its price is reduced: a
+training stage by the share of its steps its newest checkpoint holds, any other by the time it already spent
+(`resumed_seconds`).
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
 rough, so once the base run has measured a stage with the base params, that measurement sets the scale
@@ -19,18 +20,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mrrec_lib import runner, stages
 from mrrec_lib.ablate import STAGE_ARTEFACTS
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.estimate import estimate
 from mrrec_lib.runs import RunPaths, read_json, resolve
+from mrrec_lib.train.checkpoints import STAGE_OF, checkpoints_dir
 
 STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
 COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companion` runs
-# Least share of a paused stage's price still charged when it resumes: time spent overstates progress, because a
-# resumed stage reloads its model and redoes the work since its last checkpoint and may run slower than priced
-# (grpo-probe-topk_4 had spent 52 of its 57 priced minutes at step 14 of 20, checkpoint 10), which no record measures.
+# Least share of a paused stage's price still charged when it resumes without a trainer checkpoint to measure its
+# progress: time spent overstates progress, because a resumed stage reloads its model, redoes the work since its last
+# parts file and may run slower than priced (grpo-probe-topk_4 had spent 52 of its 57 priced minutes at step 14 of 20,
+# checkpoint 10).
 RESUME_FLOOR = 0.5
 
 StageSeconds = Callable[[tuple[Path, ...]], dict[str, float]]
@@ -89,17 +93,56 @@ def finished_stages(outputs: Path) -> dict[str, Hashes]:
     }
 
 
-def paused_stages(outputs: Path) -> dict[str, dict[str, tuple[str, float]]]:
-    """Per run folder under outputs/, each stage paused at a deadline: (its config hash, seconds spent so far)."""
+class Paused(NamedTuple):
+    """A stage paused at a deadline: the config it ran under, its wall time so far and, for a training stage, the
+    newest checkpoint's step and the trainer's step budget (`checkpoint_steps`)."""
+
+    hash: str
+    seconds: float
+    steps: tuple[int, int] | None = None
+
+
+def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
+    """(step, max steps) of the stage's newest complete trainer checkpoint, which its resume starts from.
+
+    `trainer_state.json` is the last file a checkpoint's save writes, so a folder without it is an unfinished save
+    the resume drops (`common.drop_unfinished_checkpoints`) and is not counted.
+    """
+    found = [
+        read_json(f)
+        for which, s in STAGE_OF.items()
+        if s == stage
+        for f in checkpoints_dir(paths, which).glob("checkpoint-*/trainer_state.json")
+    ]
+    found = [(int(st["global_step"]), int(st["max_steps"])) for st in found if st.get("max_steps")]
+    return max(found) if found else None
+
+
+def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
+    """Per run folder under outputs/, each stage paused at a deadline."""
     if not outputs.exists():
         return {}
-    found = {f.name: stages.read_paused(RunPaths(f)) for f in sorted(outputs.iterdir()) if f.is_dir()}
-    return {run: {s: (p["hash"], float(p["seconds"])) for s, p in ps.items()} for run, ps in found.items() if ps}
+    out: dict[str, dict[str, Paused]] = {}
+    for folder in sorted(f for f in outputs.iterdir() if f.is_dir()):
+        paths = RunPaths(folder)
+        if found := stages.read_paused(paths):
+            out[folder.name] = {
+                s: Paused(p["hash"], float(p["seconds"]), checkpoint_steps(paths, s)) for s, p in found.items()
+            }
+    return out
 
 
-def resumed_seconds(price: float, spent: float) -> float:
-    """What is left of a stage priced `price` that has already run `spent` seconds before it was paused."""
-    return max(price - spent, RESUME_FLOOR * price)
+def resumed_seconds(price: float, paused: Paused) -> float:
+    """What is left of a stage priced `price` that was paused.
+
+    A trainer checkpoint measures a training stage's progress in steps (the graceful stop saves one at the step it
+    stops at), so the rest is priced as the share of steps left. Without one, the price less the time already spent,
+    never below `RESUME_FLOOR` of it.
+    """
+    if paused.steps is not None:
+        step, max_steps = paused.steps
+        return price * max(0.0, 1.0 - step / max_steps)
+    return max(price - paused.seconds, RESUME_FLOOR * price)
 
 
 def _prefix(want: Hashes, have: Hashes) -> int:
@@ -183,7 +226,7 @@ def plan(
     jobs: list[Job],
     known: dict[str, Hashes],
     model: CostModel,
-    paused: dict[str, dict[str, tuple[str, float]]] | None = None,
+    paused: dict[str, dict[str, Paused]] | None = None,
 ) -> list[Cost]:
     """Each job's cost, in order, as if every earlier job in the list finished before it starts; a stage in
     `paused` (`paused_stages`) under the job's own hash is priced as resumed."""
@@ -192,9 +235,9 @@ def plan(
     for job in jobs:
         todo = [s for s in job.hashes if s not in reused_stages(job.run, job.hashes, known)]
         per_stage = model.stage_seconds(job.files)
-        for s, (h, spent) in (paused or {}).get(job.run, {}).items():
-            if s in todo and h == job.hashes[s]:
-                per_stage[s] = resumed_seconds(per_stage[s], spent)
+        for s, p in (paused or {}).get(job.run, {}).items():
+            if s in todo and p.hash == job.hashes[s]:
+                per_stage[s] = resumed_seconds(per_stage[s], p)
         seconds = sum(per_stage[s] for s in todo)
         labels = list(todo)
         if job.companion and "05" in todo:

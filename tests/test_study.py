@@ -184,20 +184,44 @@ def test_a_paused_stage_is_priced_less_its_spent_time_under_its_own_hash_only(tm
     write_json(tmp_path / "abl-other" / "paused.json", {"04": {"hash": "not-this-config", "seconds": 60.0}})
     paused = study_cost.paused_stages(tmp_path)
     assert paused == {
-        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60))},
-        "abl-other": {"04": ("not-this-config", 60.0)},
+        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None)},
+        "abl-other": {"04": ("not-this-config", 60.0, None)},
     }
     assert study_cost.paused_stages(tmp_path / "missing") == {}
 
     flat = SimpleNamespace(stage_seconds=lambda files: dict.fromkeys(study_cost.STAGE_ORDER, 600.0))
     job = study_cost.Job("abl-topk_1", (), {s: f"h{s}" for s in ("03", "04", "05")})
 
-    def cost(stage: str, h: str, spent: float) -> float:
-        return study_cost.plan([job], {}, flat, {"abl-topk_1": {stage: (h, spent)}})[0].seconds
+    def cost(stage: str, h: str, spent: float, steps: tuple[int, int] | None = None) -> float:
+        return study_cost.plan([job], {}, flat, {"abl-topk_1": {stage: study_cost.Paused(h, spent, steps)}})[0].seconds
 
     assert cost("04", "h04", 180.0) == 1800.0 - 180.0
     assert cost("04", "h04", 900.0) == pytest.approx(1200.0 + 600.0 * study_cost.RESUME_FLOOR)  # overran its price
     assert cost("04", "other", 180.0) == cost("02", "h02", 180.0) == 1800.0  # another config's pause; a reused stage
+    assert cost("04", "h04", 900.0, (18, 20)) == pytest.approx(1200.0 + 60.0)  # the checkpoint, not the time, counts
+
+
+def test_a_paused_training_stage_reports_its_newest_complete_checkpoint(tmp_path):
+    from mrrec_lib.runs import RunPaths
+    from mrrec_lib.train.checkpoints import checkpoints_dir
+
+    run = RunPaths(tmp_path / "abl-topk_1")
+    assert study_cost.checkpoint_steps(run, "04") is None  # no models folder at all
+    for step in (5, 15, 10):
+        write_json(checkpoints_dir(run, "grpo") / f"checkpoint-{step}" / "trainer_state.json",
+                   {"global_step": step, "max_steps": 20})
+    (checkpoints_dir(run, "grpo") / "checkpoint-18").mkdir()  # a save cut short: dropped on resume, not counted
+    write_json(checkpoints_dir(run, "sft") / "checkpoint-36" / "trainer_state.json", {"global_step": 36, "max_steps": 36})
+    assert study_cost.checkpoint_steps(run, "04") == (15, 20)
+    assert study_cost.checkpoint_steps(run, "03") == (36, 36)
+    assert study_cost.checkpoint_steps(run, "05") is None  # evaluation resumes from parts files, not a trainer
+
+    cfg = load_config(base_params(tmp_path, companion=False), _topk(tmp_path, 1))
+    stages.record_pause(run, "04", cfg, 0.3 * M * 60)
+    assert study_cost.paused_stages(tmp_path)["abl-topk_1"]["04"].steps == (15, 20)
+    ab = SimpleNamespace(run="abl-topk_1", cfg=cfg)
+    assert study.paused_note(ab, study_cost.paused_stages(tmp_path)) == (
+        f"stage 04 paused after {0.3 * M:.0f} min at step 15 of 20, resumes")
 
 
 def test_partial_does_not_start_a_run_in_the_last_minutes(tmp_path, calls, capsys):
