@@ -10,6 +10,7 @@ import pytest
 
 matplotlib.use("Agg")
 
+from mrrec_lib.results.combined import seed_spread  # noqa: E402
 from mrrec_lib.viz import record_tables as rt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,13 +71,32 @@ def test_topk_sweep_reads_k_from_the_records_and_keeps_only_rows_that_changed_k_
     assert curve["memory_top_k"].tolist() == [1, 3, 5]
     assert curve["row"].tolist() == ["default-grpo-probe-on-topk_1:mrrec", "default-grpo-probe:mrrec",
                                      "default-grpo-probe-on-topk_5:mrrec"]
-    assert curve["reference"].tolist() == [False, True, False]
+    assert curve["reference"].tolist() == [False, True, False] and not curve["replicate"].any()
     table = committed["probe_testtime"].table.set_index("row")
     assert curve.loc[0, "mean"] == pytest.approx(table.loc["default-grpo-probe-on-topk_1:mrrec", "N@100"])
     assert curve.loc[0, "d"] == pytest.approx(table.loc["default-grpo-probe-on-topk_1:mrrec", "d_N@100"])
     assert (curve["lo"] <= curve["mean"]).all() and (curve["mean"] <= curve["hi"]).all()
     with pytest.raises(ValueError, match="not one of its setting_keys"):
         rt.sweep(committed["probe_testtime"], RESULTS, "seed")
+
+
+def test_retrained_topk_sweep_places_the_reference_seeds_at_its_k_and_bands_their_spread(committed):
+    """Retrained k = 1..5 form the line; the reference retrained with other GRPO seeds sits at k = 3 off the line,
+    and the band is their mean ± sd (`combined.seed_spread`), the yardstick for every other k."""
+    t = committed["grpo_ablations"]
+    curve = rt.sweep(t, RESULTS, "memory_top_k")
+    line = curve[~curve["replicate"]]
+    assert line["memory_top_k"].tolist() == [1, 2, 3, 4, 5] and line["reference"].sum() == 1
+    seeds = curve[curve["replicate"]]
+    assert sorted(seeds["row"]) == sorted(f"{r}:{s}" for r, s in t.spec.replicates)
+    assert set(seeds["memory_top_k"]) == {3}
+    mean, sd, n = seed_spread(t.table, "N@100", t.reference_row)
+    fig = rt.plot_sweep({"retrained": curve}, "memory_top_k")
+    ax = fig.get_axes()[0]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx(line["mean"].tolist())  # the seeds are not on the line
+    band = ax.patches[0]
+    assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx((mean - sd, mean + sd))
+    assert n == 1 + len(seeds) and any(f"{n} seeds, mean ± sd" in x.get_text() for x in ax.get_legend().get_texts())
 
 
 def test_sweep_plot_draws_each_curve_and_refuses_nothing_or_mixed_metrics(committed):

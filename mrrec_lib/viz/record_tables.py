@@ -114,7 +114,9 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
 
 def sweep(t: CommittedTable, results_dir: str | Path, key: str) -> pd.DataFrame:
     """The points of a one-setting curve (Fig. 6: memory top-k): the reference and every row of its system whose
-    record differs from the reference's in `key` alone among the table's setting keys, with the value of `key`.
+    record differs from the reference's in `key` alone among the table's setting keys, with the value of `key`; the
+    reference's replicates (its configuration retrained with another seed) are added at the reference's value with
+    `replicate` set, so the curve can be read against one retraining's spread at the one setting that has it.
 
     Why from the records' configs and not the rendered "setting" text: a row that changed nothing else is the
     condition for reading the curve as the effect of `key`, and the value is typed (k=1 sorts before k=10)."""
@@ -129,17 +131,23 @@ def sweep(t: CommittedTable, results_dir: str | Path, key: str) -> pd.DataFrame:
         if system != t.reference_system:
             continue
         cfg = read_config(results / run)
-        if set(changed_keys(ref_cfg, cfg, t.spec.setting_keys)) - {key}:
+        replicate = bool(row["replicate"])  # combined_table checked it changed a seed only
+        if not replicate and set(changed_keys(ref_cfg, cfg, t.spec.setting_keys)) - {key}:
             continue
         points.append({"row": row["row"], key: getattr(cfg, key), "metric": m, "mean": row[m], "lo": row[f"{m}_lo"],
                        "hi": row[f"{m}_hi"], "d": row.get(f"d_{m}", float("nan")),
-                       "malformed_rate": row["malformed_rate"], "reference": row["row"] == t.reference_row})
+                       "malformed_rate": row["malformed_rate"], "reference": row["row"] == t.reference_row,
+                       "replicate": replicate})
     return pd.DataFrame(points).sort_values(key, ignore_index=True) if points else pd.DataFrame(points)
 
 
 def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
     """One line per table (e.g. retrained vs test-time), mean and 95% user-cluster CI over the setting's values,
-    the reference setting ringed. Points of different tables are separate runs, so compare within a line."""
+    the reference setting ringed. Points of different tables are separate runs, so compare within a line.
+
+    A curve with replicates of its reference draws them as diamonds off the line at the reference's value, and with
+    two or more (three runs) a band of the runs' mean ± sd across the plot: a point inside the band differs from
+    the reference setting by no more than retraining that setting does (`combined.seed_spread`)."""
     curves = {name: c for name, c in curves.items() if len(c)}
     if not curves:
         raise ValueError(f"no committed rows vary {key!r} alone: nothing to plot")
@@ -147,21 +155,31 @@ def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
     if len(metrics) != 1:
         raise ValueError(f"the curves report different headline metrics {sorted(metrics)}: not one axis")
     metric = metrics.pop()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, (name, c) in enumerate(curves.items()):
+        rep = c["replicate"].to_numpy(bool) if "replicate" in c else np.zeros(len(c), bool)
         x = c[key].to_numpy(float) + (i - (len(curves) - 1) / 2) * 0.06  # side by side, centred on the value
         y = c["mean"].to_numpy(float)
-        err = [y - c["lo"].to_numpy(float), c["hi"].to_numpy(float) - y]
-        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{name} ({len(c)} runs)")
+        err = np.array([y - c["lo"].to_numpy(float), c["hi"].to_numpy(float) - y])
+        line = ax.errorbar(x[~rep], y[~rep], yerr=err[:, ~rep], marker="o", capsize=3,
+                           label=f"{name} ({int((~rep).sum())} runs)")
+        color = line[0].get_color()
         ref = c["reference"].to_numpy(bool)
-        ax.scatter(x[ref], y[ref], s=160, facecolors="none", edgecolors=line[0].get_color())
+        ax.scatter(x[ref], y[ref], s=160, facecolors="none", edgecolors=color)
+        if rep.any():
+            ax.scatter(x[rep] + 0.12, y[rep], marker="D", s=36, facecolors="none", edgecolors=color,
+                       label=f"{name}: reference retrained with another seed")
+            mean, sd, n = seed_spread(c.assign(**{metric: c["mean"]}), metric, c.loc[ref, "row"].iloc[0])
+            if not math.isnan(sd):
+                ax.axhspan(mean - sd, mean + sd, color=color, alpha=0.12, lw=0,
+                           label=f"{name}: reference setting over {n} seeds, mean ± sd")
     values = sorted({v for c in curves.values() for v in c[key]})
     ax.set_xticks(values)
     ax.set_xlabel(key)
     ax.set_ylabel(f"{metric} (95% CI, users resampled)")
     ax.set_title(f"{metric} vs {key}, from the committed records (ringed: the reference setting)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the points stay visible
     fig.tight_layout()
     return fig
 
