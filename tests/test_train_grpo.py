@@ -361,3 +361,27 @@ def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
     validator.on_train_begin(None, state, None, model=None)  # step 10 already validated: nothing evaluated
     assert [r["step"] for r in read_jsonl(val)] == [0, 10]
     assert (validator.best_step, validator.bad_evals) == (0, 1)
+
+
+def test_a_resume_off_the_validation_schedule_does_not_validate(tmp_path):
+    """Resumed from a deadline stop at step 18 of an every-10 schedule, the run validates at 20 as an uninterrupted
+    one would, not also at 18: the kept step and the patience count must not depend on where a session ended."""
+    from types import SimpleNamespace
+
+    from mrrec_lib.runs import append_jsonl
+
+    val = tmp_path / "val.jsonl"
+    append_jsonl(val, [{"step": 0, "ndcg@100": 0.15}, {"step": 10, "ndcg@100": 0.22}])
+    evaluated = []
+    validator = ValidationCallback(lambda m: evaluated.append(1) or {"ndcg@100": 0.23}, lambda s: None, val,
+                                   every=10, patience=2)
+    model = SimpleNamespace(training=False, eval=lambda: None, train=lambda: None)
+    control = SimpleNamespace(should_training_stop=False)
+    validator.on_train_begin(None, SimpleNamespace(global_step=18, is_world_process_zero=True), control, model=model)
+    assert evaluated == [] and [r["step"] for r in read_jsonl(val)] == [0, 10]
+    validator.on_step_end(None, SimpleNamespace(global_step=20, is_world_process_zero=True), control, model=model)
+    assert evaluated == [1] and [r["step"] for r in read_jsonl(val)] == [0, 10, 20] and validator.best_step == 20
+    fresh = ValidationCallback(lambda m: evaluated.append(1) or {"ndcg@100": 0.1}, lambda s: None, tmp_path / "v0.jsonl",
+                               every=10, patience=2)
+    fresh.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=True), control, model=model)
+    assert len(evaluated) == 2 and fresh.best_step == 0  # the starting policy is still validated before step 1

@@ -147,7 +147,11 @@ class ValidationCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.history = rows_up_to(self.log_path, state.global_step, rewrite=state.is_world_process_zero)
         self.best_value, self.best_step, self.bad_evals = self._replay(self.history)
-        self._run(state.global_step, model, control, state.is_world_process_zero)
+        # Only on the schedule: a run resumed from an off-schedule checkpoint (a deadline stop at step 18 of a
+        # every-10 schedule) validated there once, which added a candidate and a patience count an uninterrupted
+        # run never has (grpo-probe-topk_5 kept step 18 over a tied step 20), so a pause changed the kept policy.
+        if state.global_step % self.every == 0:
+            self._run(state.global_step, model, control, state.is_world_process_zero)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
