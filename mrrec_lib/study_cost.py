@@ -27,7 +27,7 @@ from mrrec_lib.ablate import STAGE_ARTEFACTS
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.estimate import estimate
 from mrrec_lib.runs import RunPaths, read_json, resolve
-from mrrec_lib.train.checkpoints import STAGE_OF, checkpoints_dir
+from mrrec_lib.train.checkpoints import STAGE_OF, checkpoints_dir, trainer_state
 
 STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
 COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companion` runs
@@ -103,18 +103,15 @@ class Paused(NamedTuple):
 
 
 def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
-    """(step, max steps) of the stage's newest complete trainer checkpoint, which its resume starts from.
-
-    `trainer_state.json` is the last file a checkpoint's save writes, so a folder without it is an unfinished save
-    the resume drops (`common.drop_unfinished_checkpoints`) and is not counted.
-    """
-    found = [
-        read_json(f)
+    """(step, max steps) of the stage's newest complete trainer checkpoint, which its resume starts from; a save cut
+    short (`checkpoints.trainer_state` is None) is dropped by the resume and not counted."""
+    states = [
+        trainer_state(ckpt)
         for which, s in STAGE_OF.items()
         if s == stage
-        for f in checkpoints_dir(paths, which).glob("checkpoint-*/trainer_state.json")
+        for ckpt in checkpoints_dir(paths, which).glob("checkpoint-*")
     ]
-    found = [(int(st["global_step"]), int(st["max_steps"])) for st in found if st.get("max_steps")]
+    found = [(int(st["global_step"]), int(st["max_steps"])) for st in states if st and st.get("max_steps")]
     return max(found) if found else None
 
 

@@ -211,6 +211,8 @@ def test_a_paused_training_stage_reports_its_newest_complete_checkpoint(tmp_path
         write_json(checkpoints_dir(run, "grpo") / f"checkpoint-{step}" / "trainer_state.json",
                    {"global_step": step, "max_steps": 20})
     (checkpoints_dir(run, "grpo") / "checkpoint-18").mkdir()  # a save cut short: dropped on resume, not counted
+    (checkpoints_dir(run, "grpo") / "checkpoint-19").mkdir()
+    (checkpoints_dir(run, "grpo") / "checkpoint-19" / "trainer_state.json").write_text('{"global_step": 19, "max')
     write_json(checkpoints_dir(run, "sft") / "checkpoint-36" / "trainer_state.json", {"global_step": 36, "max_steps": 36})
     assert study_cost.checkpoint_steps(run, "04") == (15, 20)
     assert study_cost.checkpoint_steps(run, "03") == (36, 36)

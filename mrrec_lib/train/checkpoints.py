@@ -38,6 +38,18 @@ def checkpoints_dir(paths: RunPaths, which: str) -> Path:
     return stage_dir(paths, which) / "checkpoints"
 
 
+def trainer_state(ckpt: Path) -> dict[str, Any] | None:
+    """A `checkpoint-N` folder's `trainer_state.json`, or None when the save was cut short.
+
+    The Trainer writes a checkpoint's files in place and its `trainer_state.json` last, so a folder without a
+    readable one may hold half-written weights or optimizer state: not a checkpoint to resume from or count.
+    """
+    try:
+        return json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def base_reference(cfg: Config, start: str) -> dict[str, str]:
     """What a new adapter sits on: another stage's final policy, or the configured base model."""
     return {"which": start} if start in STAGE_OF else {"model": cfg.policy_model}

@@ -6,7 +6,6 @@ GRPO run on CPU read the same config), so they are derived in one place.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from mrrec_lib.config import Config
 from mrrec_lib.runs import atomic_write_text
 from mrrec_lib.stages import config_digest, first_stage, stage_keys
+from mrrec_lib.train.checkpoints import trainer_state
 
 
 def use_cuda(cfg: Config) -> bool:
@@ -104,17 +104,11 @@ def resume_checkpoint(output_dir: Path, key: str, state: Sequence[Path] = ()) ->
 
 
 def drop_unfinished_checkpoints(output_dir: Path) -> list[Path]:
-    """Remove `checkpoint-N` folders whose save was cut short (a killed run, a paused stage) and return them.
-
-    The Trainer writes a checkpoint's files in place and its `trainer_state.json` last, so a folder without a
-    readable one may hold half-written weights or optimizer state; resuming from the newest folder would load it.
-    """
+    """Remove `checkpoint-N` folders whose save was cut short (a killed run, a paused stage; `trainer_state`) and
+    return them: resuming from the newest folder would load its half-written weights or optimizer state."""
     dropped = []
     for ckpt in sorted(output_dir.glob("checkpoint-*")):
-        state = ckpt / "trainer_state.json"
-        try:
-            json.loads(state.read_text())
-        except (OSError, ValueError):
+        if trainer_state(ckpt) is None:
             shutil.rmtree(ckpt)
             dropped.append(ckpt)
     return dropped

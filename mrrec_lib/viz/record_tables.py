@@ -157,7 +157,7 @@ def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
     metric = metrics.pop()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, (name, c) in enumerate(curves.items()):
-        rep = c["replicate"].to_numpy(bool) if "replicate" in c else np.zeros(len(c), bool)
+        rep = c["replicate"].to_numpy(bool)
         x = c[key].to_numpy(float) + (i - (len(curves) - 1) / 2) * 0.06  # side by side, centred on the value
         y = c["mean"].to_numpy(float)
         err = np.array([y - c["lo"].to_numpy(float), c["hi"].to_numpy(float) - y])
