@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from test_eval import _ctx, _fixed_runner, _queries
 
 from mrrec_lib import stages
@@ -325,7 +326,20 @@ def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tm
     hashes = json.loads((twin / "stages.json").read_text())
     hashes["02"]["hash"] = "f" * 16
     (twin / "stages.json").write_text(json.dumps(hashes))
-    with pytest.raises(IncomparableRecordsError, match="stage-02"):
+    with pytest.raises(IncomparableRecordsError, match="stage-02 hashes.*no config key"):
+        compare_records(dest, "mrrec", twin, "mrrec")
+    # another item retriever ranks the same pool: still paired, and the result says what differs ...
+    config = yaml.safe_load((twin / "config.yaml").read_text())
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25"}))
+    assert compare_records(dest, "mrrec", twin, "mrrec")["differs_in"] == {"item_retriever": ["dense", "bm25"]}
+    # ... but not with any other memory-building key changed as well, nor with other data (stage 01)
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25", "memory_builder": "llm"}))
+    with pytest.raises(IncomparableRecordsError, match="differ in item_retriever, memory_builder"):
+        compare_records(dest, "mrrec", twin, "mrrec")
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25"}))
+    hashes["01"]["hash"] = "f" * 16
+    (twin / "stages.json").write_text(json.dumps(hashes))
+    with pytest.raises(IncomparableRecordsError, match="stage-02 hashes\\): different data"):
         compare_records(dest, "mrrec", twin, "mrrec")
     with pytest.raises(KeyError, match="no per-request rows for system 'nope'"):
         compare_records(dest, "nope", dest, "mrrec")

@@ -5,7 +5,9 @@ own run and compared with a row already recorded (e.g. GRPO vs the SFT policy it
 the old row again. That is only a paired comparison if both runs ranked the same requests against the same pool
 and scored them by the same rule, so it is refused otherwise: equal stage-02 hashes (data, requests, pool,
 retriever), the same target and user for every shared request, the same headline setting (malformed rule,
-history exclusion). The test is stage 05's own (`eval.report.paired_tests`): users resampled, seed `seed + i` for
+history exclusion). The one stage-02 difference allowed is the item retriever (paper Fig. 5): with equal stage-01
+hashes both runs rank the same pool for the same requests, only by another method, so the rows stay paired; the
+result names the keys that differ. The test is stage 05's own (`eval.report.paired_tests`): users resampled, seed `seed + i` for
 metric i, Holm over the metrics compared together.
 """
 
@@ -23,6 +25,7 @@ from mrrec_lib.eval.stats import holm, paired_cluster_test
 from mrrec_lib.results.layout import read_config, read_per_query
 from mrrec_lib.results.recompute import headline_column
 from mrrec_lib.runs import read_json
+from mrrec_lib.stages import first_stage, stage_keys
 
 _SAME_REQUEST = ("user_id", "target_item_id")
 # Request subsets a comparison can be restricted to, by the per-request `title_overlap` (content words shared with
@@ -31,6 +34,8 @@ SUBSETS = {"all": None, "no_overlap": lambda overlap: overlap == 0, "overlap": l
 # Requests kept by whether B's answer parsed: a policy that mostly learned to close its answers (malformed ones
 # score 0) gains on B's malformed requests; the well-formed ones show whether the content of its answers changed.
 B_FORMATS = {"any": None, "wellformed": False, "malformed": True}
+# Stage-02 keys two compared records may differ in: the item retriever ranks the same pool by another method.
+COMPARABLE_STAGE02_KEYS = frozenset({"item_retriever"})
 
 
 class IncomparableRecordsError(ValueError):
@@ -54,6 +59,22 @@ def _stage_hash(record: Path, stage: str) -> str:
     return stages[stage]["hash"]
 
 
+def _pool_difference(a: Path, b: Path) -> list[str]:
+    """The stage-02 keys `a` and `b` differ in, if all are `COMPARABLE_STAGE02_KEYS`; refused otherwise."""
+    if _stage_hash(a, "02") == _stage_hash(b, "02"):
+        return []
+    refusal = f"{a} and {b} differ before stage 03 (stage-02 hashes): different data, requests or pool"
+    if _stage_hash(a, "01") != _stage_hash(b, "01"):
+        raise IncomparableRecordsError(refusal)
+    cfg_a, cfg_b = read_config(a), read_config(b)
+    own = [k for k in stage_keys("02") if first_stage(k) == "02"]
+    differ = [k for k in own if getattr(cfg_a, k) != getattr(cfg_b, k)]
+    if not differ or set(differ) - COMPARABLE_STAGE02_KEYS:
+        keys = ", ".join(differ) or "no config key (a code change)"
+        raise IncomparableRecordsError(f"{refusal}; they differ in {keys}")
+    return differ
+
+
 def compare_records(
     a: str | Path,
     system_a: str,
@@ -73,10 +94,7 @@ def compare_records(
     Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
     """
     a, b = Path(a), Path(b)
-    if _stage_hash(a, "02") != _stage_hash(b, "02"):
-        raise IncomparableRecordsError(
-            f"{a} and {b} differ before stage 03 (stage-02 hashes): different data, requests or pool"
-        )
+    differs_in = _pool_difference(a, b)
     ra, cfg_a = _rows(a, system_a)
     rb, cfg_b = _rows(b, system_b)
     if headline(cfg_a).column != headline(cfg_b).column:
@@ -124,6 +142,7 @@ def compare_records(
         "shared_requests": len(common),
         "shared_users": len(set(users)),
         "setting": headline(cfg_a).column,
+        "differs_in": {k: [getattr(cfg_a, k), getattr(cfg_b, k)] for k in differs_in},
         "tests": tests,
     }
 
@@ -151,6 +170,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         f"requests of {result['shared_users']} users (setting {result['setting']}"
         + (f", subset {result['subset']}" if result.get("subset", "all") != "all" else "")
         + (f", {b['system']} {result['b_format']}" if result.get("b_format", "any") != "any" else "")
+        + "".join(f", {k} {va} vs {vb}" for k, (va, vb) in result.get("differs_in", {}).items())
         + ")"
     ]
     for t in result["tests"]:
