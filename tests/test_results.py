@@ -105,6 +105,9 @@ def test_per_query_file_is_compact_exact_and_deterministic(run, tmp_path):
     assert {"rank", "rank_keep", "rank_excl_alt", "N@1000", "malformed", "tool_calls", "title_overlap"} <= set(rows)
     pd.testing.assert_frame_equal(rows, source[rows.columns], check_dtype=False)
     assert rows["rank"].map(math.isinf).any()  # "nothing retrieved" survives the CSV round trip
+    # why each malformed answer failed is kept as a short reason; a parsed answer (or a non-LLM row) has ""
+    reasons = rows.groupby(rows["malformed"].astype(bool))["parse_error"].agg(lambda s: set(s.str.len() > 0))
+    assert reasons[True] == {True} and reasons[False] == {False}
     rec = read_json(dest / "record.json")
     assert rec["per_query"]["rows"] == len(source) and rec["per_query"]["missing_columns"] == []
     first = (dest / "per_query.csv.gz").read_bytes()

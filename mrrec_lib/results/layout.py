@@ -25,6 +25,9 @@ EVAL_METRICS = f"{METRICS_DIR}/05_eval.json"
 EVALUATED_FROM = "evaluated_from.json"  # copied when the run was made by `mrrec evaluate`
 
 ID_COLUMNS = ("system", "qid", "user_id", "category", "target_item_id")
+# Short strings kept beside the numbers: why an answer was malformed ("" when it parsed), so the reasons behind a
+# malformed rate are counted from the record, not from run logs that may be gone.
+REASON_COLUMNS = ("parse_error",)
 
 
 def record_dir(results_dir: str | Path, run: str) -> Path:
@@ -53,13 +56,13 @@ def read_eval_metrics(record: Path) -> dict[str, Any]:
 
 
 def read_per_query(record: Path) -> pd.DataFrame:
-    """The per-request rows exactly as written: ids stay strings ("NA" or "0012" too), ranks keep inf."""
+    """The per-request rows exactly as written: ids and reasons stay strings ("NA", "0012", ""), ranks keep inf."""
     path = record / PER_QUERY_FILE
     header = pd.read_csv(path, nrows=0).columns
-    ids = [c for c in header if c in ID_COLUMNS]
+    strings = [c for c in header if c in ID_COLUMNS or c in REASON_COLUMNS]
     return pd.read_csv(
         path,
-        dtype=dict.fromkeys(ids, str),
+        dtype=dict.fromkeys(strings, str),
         keep_default_na=False,
-        na_values={c: [""] for c in header if c not in ids},
+        na_values={c: [""] for c in header if c not in strings},
     )

@@ -32,6 +32,7 @@ from mrrec_lib.results.layout import (
     ID_COLUMNS,
     METRICS_DIR,
     PER_QUERY_FILE,
+    REASON_COLUMNS,
     RECORD_FILE,
     STAGES_FILE,
     record_dir,
@@ -53,6 +54,7 @@ PER_QUERY_SOURCE = "05_per_query.parquet"  # written by eval.report.write_report
 # Per-request numbers kept beside ids, ranks and R/N@k: what Table 1's cost columns and subsets are made of.
 PER_QUERY_EXTRA = (
     "malformed", "memory_tokens", "memory_tokens_global", "tool_calls", "latency_s", "n_history", "title_overlap",
+    *REASON_COLUMNS,
 )  # fmt: skip
 REQUIRED_COLUMNS = ("system", "qid", "user_id", "rank")  # without these Table 1 cannot be recomputed
 MAX_TABLE_BYTES = 1_000_000  # metrics/*.md|*.csv above this are left out (listed in record.json)
