@@ -114,6 +114,10 @@ def test_per_query_file_is_compact_exact_and_deterministic(run, tmp_path):
     assert gzip.decompress(first).startswith(b"system,qid,user_id,category,target_item_id,rank,")
     again = record_run(run.root, tmp_path / "results")
     assert (again / "per_query.csv.gz").read_bytes() == first  # re-recording an unchanged run: no diff
+    # ... and it keeps the first record's provenance (when, at which commit, on what load), noting the re-record
+    rerec = read_json(again / "record.json")
+    assert {k: rerec[k] for k in ("recorded_at", "git", "machine")} == {k: rec[k] for k in ("recorded_at", "git", "machine")}
+    assert rerec["re_recorded"]["at"] >= rec["recorded_at"] and "re_recorded" not in rec
 
 
 def test_record_json_provenance(run, tmp_path):

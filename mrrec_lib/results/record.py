@@ -159,6 +159,20 @@ def _replace_dir(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _prior_provenance(dest: Path, stages_file: Path) -> dict[str, Any]:
+    """The earlier record's provenance when it recorded this same run (byte-identical stages.json), else {}.
+
+    Why: re-recording a run (say, after the record gained a column) must not claim that the run was made at
+    today's commit on today's load, nor forget the command that made it.
+    """
+    old = dest / RECORD_FILE
+    if not old.exists() or not (dest / STAGES_FILE).exists():
+        return {}
+    if (dest / STAGES_FILE).read_bytes() != stages_file.read_bytes():
+        return {}
+    return {k: v for k, v in read_json(old).items() if k in ("recorded_at", "run_command", "git", "machine")}
+
+
 def record_run(
     run_dir: str | Path, results_dir: str | Path = "results", *, command: str | None = None, allow_stale: bool = False
 ) -> Path:
@@ -168,6 +182,7 @@ def record_run(
     config.yaml, or when Table 1 recomputed from the per-request rows differs from metrics/05_eval.json, unless
     `allow_stale`: the record is then written with those problems in record.json, where `check_record` and the
     README rendering show them. `command` is the `mrrec run` invocation, when the record is made by it.
+    Re-recording the same run keeps the first record's provenance and adds `re_recorded` (when, at which commit).
     """
     run = RunPaths(resolve(run_dir))
     records = require_run(run)
@@ -175,6 +190,7 @@ def record_run(
     dest = record_dir(resolve(results_dir), run.root.name)
     entries = stage_entries(cfg, records)
     git = git_state()
+    prior = _prior_provenance(dest, run.root / STAGES_FILE)
     scratch = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -195,11 +211,11 @@ def record_run(
         record = {
             "run": run.root.name,
             "run_folder": display_path(run.root),
-            "recorded_at": now_iso(),
-            "run_command": command,
+            "recorded_at": prior.get("recorded_at", now_iso()),
+            "run_command": command or prior.get("run_command"),
             "reproduce": f"mrrec run {display_path(dest / CONFIG_FILE)} --record",
-            "git": git,
-            "machine": machine(cfg),
+            "git": prior.get("git", git),
+            "machine": prior.get("machine", machine(cfg)),
             "stages": entries,
             "key_stages": key_stages(),
             "per_query": per_query,
@@ -207,6 +223,8 @@ def record_run(
             "problems_at_record": problems,
             "files": file_digests(scratch),
         }
+        if prior:
+            record["re_recorded"] = {"at": now_iso(), "commit": git["commit"], "dirty": git["dirty"]}
         write_json(scratch / RECORD_FILE, record)
         _replace_dir(scratch, dest)
     finally:
