@@ -338,7 +338,10 @@ def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tm
     # another item retriever ranks the same pool: still paired, and the result says what differs ...
     config = yaml.safe_load((twin / "config.yaml").read_text())
     (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25"}))
-    assert compare_records(dest, "mrrec", twin, "mrrec")["differs_in"] == {"item_retriever": ["dense", "bm25"]}
+    across = compare_records(dest, "mrrec", twin, "mrrec")
+    assert across["runs_differ_in"] == {"item_retriever": ["dense", "bm25"]}
+    assert across["items_ranked_by"] == ["dense", "bm25"]  # a policy ranks with its run's retriever ...
+    assert compare_records(dest, "mrrec", twin, "query_dense")["items_ranked_by"] == ["dense", "dense"]  # ... a query row with its own
     # ... but not with any other memory-building key changed as well, nor with other data (stage 01)
     (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25", "memory_builder": "llm"}))
     with pytest.raises(IncomparableRecordsError, match="differ in item_retriever, memory_builder"):

@@ -22,6 +22,7 @@ import pandas as pd
 from mrrec_lib.eval.metrics import metrics_from_ranks
 from mrrec_lib.eval.protocol import PAIRED_METRICS, headline
 from mrrec_lib.eval.stats import holm, paired_cluster_test
+from mrrec_lib.eval.systems import SYSTEMS
 from mrrec_lib.results.layout import read_config, read_per_query
 from mrrec_lib.results.recompute import headline_column
 from mrrec_lib.runs import read_json
@@ -73,6 +74,12 @@ def _pool_difference(a: Path, b: Path) -> list[str]:
         keys = ", ".join(differ) or "no config key (a code change)"
         raise IncomparableRecordsError(f"{refusal}; they differ in {keys}")
     return differ
+
+
+def _ranked_by(system: str, cfg: Any) -> str:
+    """The item retriever a system's rows were ranked with: its own (query_dense, query_bm25) or the run's."""
+    spec = SYSTEMS.get(system)
+    return (spec.retriever if spec else "") or cfg.item_retriever
 
 
 def compare_records(
@@ -142,7 +149,8 @@ def compare_records(
         "shared_requests": len(common),
         "shared_users": len(set(users)),
         "setting": headline(cfg_a).column,
-        "differs_in": {k: [getattr(cfg_a, k), getattr(cfg_b, k)] for k in differs_in},
+        "runs_differ_in": {k: [getattr(cfg_a, k), getattr(cfg_b, k)] for k in differs_in},
+        "items_ranked_by": [_ranked_by(system_a, cfg_a), _ranked_by(system_b, cfg_b)],
         "tests": tests,
     }
 
@@ -170,7 +178,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         f"requests of {result['shared_users']} users (setting {result['setting']}"
         + (f", subset {result['subset']}" if result.get("subset", "all") != "all" else "")
         + (f", {b['system']} {result['b_format']}" if result.get("b_format", "any") != "any" else "")
-        + "".join(f", {k} {va} vs {vb}" for k, (va, vb) in result.get("differs_in", {}).items())
+        + (", items ranked by {} vs {}".format(*result["items_ranked_by"]) if result.get("runs_differ_in") else "")
         + ")"
     ]
     for t in result["tests"]:
