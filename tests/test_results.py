@@ -581,3 +581,52 @@ def test_study_plan_rendered_between_its_markers(tmp_path):
     foreign.write_text("{}")
     with pytest.raises(ValueError, match="not a study plan"):
         render_study(doc, foreign)
+
+
+def test_seed_table_pairs_within_each_run_and_refuses_other_changes(run, tmp_path):
+    """Data-seed replicas: each run's Δ is its own within-run `mrrec compare`; a replica changing more is refused."""
+    from mrrec_lib.results import seed_table as st
+    from mrrec_lib.results.combined import read_spec
+    from mrrec_lib.results.compare import compare_records
+    from mrrec_lib.results.readme import render_table, table_markers
+
+    results = tmp_path / "results"
+    dest = record_run(run.root, results)
+    base_seed = yaml.safe_load((dest / "config.yaml").read_text())["seed"]
+
+    def replica(name: str, **changes) -> None:
+        twin = results / name
+        for f in dest.rglob("*"):
+            if f.is_file():
+                (twin / f.relative_to(dest)).parent.mkdir(parents=True, exist_ok=True)
+                (twin / f.relative_to(dest)).write_bytes(f.read_bytes())
+        cfg = yaml.safe_load((twin / "config.yaml").read_text())
+        (twin / "config.yaml").write_text(yaml.safe_dump({**cfg, **changes}))
+
+    def spec(*runs: str):
+        path = tmp_path / "seeds.yaml"
+        path.write_text(yaml.safe_dump({"kind": "seeds", "title": "Seeds.", "runs": list(runs), "system": "mrrec",
+                                        "baseline": "query_dense"}))  # fmt: skip
+        return path
+
+    replica("s1", seed=base_seed + 1)
+    replica("s2", seed=base_seed + 2)
+    two = st.read_seed_spec(spec(dest.name, "s1", "s9"))
+    assert "Only 2 runs so far" in st.seed_markdown(two, results, tmp_path)
+    assert "Not recorded yet: `s9`" in st.seed_markdown(two, results, tmp_path)
+    three = st.read_seed_spec(spec(dest.name, "s1", "s2"))
+    table = st.seed_table(three, results)
+    within = compare_records(dest, "mrrec", dest, "query_dense")["tests"][0]
+    assert table["seed"].tolist() == [base_seed, base_seed + 1, base_seed + 2]
+    assert table["d_N@100"].tolist() == pytest.approx([within["diff"]] * 3)
+    assert st.spread(table, "system_N@100")[1] == pytest.approx(0.0)  # the same rows on every "split": no spread
+    start, end = table_markers("seeds")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{start}\nold\n{end}\n")
+    assert render_table(readme, results, spec(dest.name, "s1", "s2")) == "seeds"
+    assert "Over the 3 splits" in readme.read_text() and "\nold\n" not in readme.read_text()
+    with pytest.raises(ValueError, match="not a combined table"):
+        read_spec(tmp_path / "seeds.yaml")
+    replica("moved", seed=base_seed + 3, memory_top_k=5)
+    with pytest.raises(ValueError, match=r"also changes \['memory_top_k'\]"):
+        st.seed_table(st.read_seed_spec(spec(dest.name, "moved")), results)

@@ -60,6 +60,11 @@ def _pair(spec: str, where: str) -> tuple[str, str]:
     return run, system
 
 
+def spec_kind(path: str | Path) -> str:
+    """A table spec's `kind`: "combined" (this module, the default) or "seeds" (`results.seed_table`)."""
+    return str((yaml.safe_load(Path(path).read_text()) or {}).get("kind", "combined"))
+
+
 def read_spec(path: str | Path) -> TableSpec:
     """A table spec YAML: `title`, `rows` (RUN:SYSTEM list), `reference` (one of them), `metrics`, `subsets`,
     `setting_keys` (config keys shown where a row's record differs from the reference's), `replicates` (rows that
@@ -68,6 +73,8 @@ def read_spec(path: str | Path) -> TableSpec:
     if not path.exists():
         raise FileNotFoundError(f"table spec not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
+    if spec_kind(path) != "combined":
+        raise ValueError(f"{path}: kind {data['kind']!r} is not a combined table")
     missing = [k for k in ("title", "rows", "reference") if k not in data]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")

@@ -153,12 +153,20 @@ def table_markers(name: str) -> tuple[str, str]:
 
 
 def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: str | Path) -> str:
-    """Replace the block of combined table `spec_path` (`results.combined`) in `readme_path`; return its name."""
-    from mrrec_lib.results.combined import read_spec, table_markdown
+    """Replace the block of table `spec_path` in `readme_path` (a combined table, `results.combined`, or a seed
+    table, `results.seed_table`, by the spec's `kind`); return its name."""
+    from mrrec_lib.results import seed_table
+    from mrrec_lib.results.combined import read_spec, spec_kind, table_markdown
 
-    readme, spec = Path(readme_path), read_spec(spec_path)
-    _write_block(readme, table_markers(spec.name), table_markdown(spec, results_dir, readme.parent), spec.name)
-    return spec.name
+    readme = Path(readme_path)
+    if Path(spec_path).exists() and spec_kind(spec_path) == seed_table.KIND:
+        seeds = seed_table.read_seed_spec(spec_path)
+        block, name = seed_table.seed_markdown(seeds, results_dir, readme.parent), seeds.name
+    else:
+        spec = read_spec(spec_path)
+        block, name = table_markdown(spec, results_dir, readme.parent), spec.name
+    _write_block(readme, table_markers(name), block, name)
+    return name
 
 
 def study_markers(name: str) -> tuple[str, str]:

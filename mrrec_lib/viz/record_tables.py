@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import changed_keys
-from mrrec_lib.results.combined import TableSpec, combined_table, read_spec, run_to_run, seed_spread, within_noise
+from mrrec_lib.results.combined import (
+    TableSpec,
+    combined_table,
+    read_spec,
+    run_to_run,
+    seed_spread,
+    spec_kind,
+    within_noise,
+)
 from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import json_records
 
@@ -56,7 +64,8 @@ def ablation_specs(results_dir: str | Path) -> list[TableSpec]:
     folder = Path(results_dir) / "tables"
     if not folder.is_dir():
         raise FileNotFoundError(f"no table specs: {folder} does not exist (the committed results/ folder)")
-    return [s for s in (read_spec(p) for p in sorted(folder.glob("*.yaml"))) if s.setting_keys]
+    combined = [p for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == "combined"]
+    return [s for s in map(read_spec, combined) if s.setting_keys]
 
 
 def committed_tables(results_dir: str | Path, subset: str = "all") -> dict[str, CommittedTable]:
