@@ -144,5 +144,8 @@ def test_notebook_06_on_a_fake_batch(tmp_path):
     committed = rec["committed"]["sft_ablations"]
     assert committed["reference"] == "default-sft-320:mrrec_sft" and committed["requests"] == 320
     assert {r["row"] for r in committed["rows"]} >= {"sft-320-no_global_memory:mrrec_sft", "default-sft-320:mrrec_sft"}
-    for fig in ("06_components", "06_topk", "06_retriever", "06_contribution", "06_committed_ablations"):
+    assert {r["retriever"] for r in rec["committed_retriever"]["grpo_ablations"]} == {"BM25", "all-MiniLM-L6-v2"}
+    assert rec["committed_seeds"]["data_seeds"][0]["run"] == "default-grpo-probe"
+    for fig in ("06_components", "06_topk", "06_retriever", "06_contribution", "06_committed_ablations",
+                "06_retriever_grpo_ablations"):
         assert (tmp_path / "default" / "figures" / f"{fig}.png").exists()

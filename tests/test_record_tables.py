@@ -129,3 +129,31 @@ def test_grpo_table_replicates_set_the_run_to_run_spread(committed):
     fig = rt.plot_forest({"grpo_ablations": table})
     diamonds = [line for line in fig.get_axes()[0].lines if line.get_marker() == "D"]
     assert len(diamonds) == 1 and list(diamonds[0].get_xdata()) == pytest.approx(reps["d_N@100"].tolist())
+
+
+def test_retriever_bars_are_the_recorded_comparison(committed):
+    """Fig. 5 from records: the BM25-retrained policy's Δ is what `mrrec compare` wrote; query rows keep their own
+    retriever; rows that changed anything besides the retriever (top-k, levels) are not bars."""
+    rows = rt.retriever_rows(committed["grpo_ablations"], RESULTS).set_index("row")
+    cli = json.loads((ROOT / "docs/comparisons/grpo-probe_retrained_full_vs_retriever-bm25.json").read_text())
+    assert cli["items_ranked_by"] == ["dense", "bm25"]
+    bm25 = rows.loc["grpo-probe-retriever_bm25:mrrec"]
+    assert (bm25["kind"], bm25["retriever"]) == ("policy", "BM25")
+    assert bm25["d"] == pytest.approx(cli["tests"][0]["diff"])
+    assert rows.loc["default:query_bm25", "retriever"] == "BM25"
+    assert rows.loc["default-grpo-probe:query_dense", "retriever"] == rows.loc["default-grpo-probe:mrrec", "retriever"]
+    assert not any("topk" in r or "local_" in r or "seed" in r for r in rows.index)
+    fig = rt.plot_retrievers(rows.reset_index(), "t")
+    heights = sorted(p.get_height() for p in fig.get_axes()[0].patches)
+    assert heights == pytest.approx(sorted(rows["mean"]))
+    with pytest.raises(ValueError, match="fewer than two policy rows"):
+        rt.plot_retrievers(rt.retriever_rows(committed["probe_testtime"], RESULTS), "t")
+
+
+def test_seed_tables_read_the_committed_records():
+    tables = rt.committed_seed_tables(RESULTS)
+    spec, table = tables["data_seeds"]
+    assert table["run"].iloc[0] == spec.runs[0] and table["requests"].iloc[0] == 320
+    base = json.loads((RESULTS / "default-grpo-probe/metrics/05_eval.json").read_text())["paired_tests"]
+    recorded = next(t for t in base if t["system"] == "query_dense" and t["metric"] == "N@100")
+    assert table["d_N@100"].iloc[0] == pytest.approx(recorded["diff"])

@@ -8,7 +8,8 @@ with the user-level CI, the minimum detectable difference, and the malformed sha
 component often changes how many answers parse, which moves the headline more than the component's content does.
 A table counts as an ablation table when its spec declares `setting_keys` (its rows differ from the reference by a
 config setting); the Table 1 specs compare systems and declare none. The paper's Fig. 6 (memory top-k) is such a
-table read as a curve: the rows that changed one setting alone, placed at that setting's recorded value.
+table read as a curve: the rows that changed one setting alone, placed at that setting's recorded value; its Fig. 5
+(retriever) is read as bars: the policy rows that changed only the retriever, beside query-only retrieval with each.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import changed_keys
+from mrrec_lib.eval.systems import SYSTEMS
+from mrrec_lib.results import seed_table
 from mrrec_lib.results.combined import (
     TableSpec,
     combined_table,
@@ -32,7 +35,7 @@ from mrrec_lib.results.combined import (
     within_noise,
 )
 from mrrec_lib.results.layout import read_config
-from mrrec_lib.viz.ablations import json_records
+from mrrec_lib.viz.ablations import RETRIEVER_KEYS, json_records, retriever_label
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ def ablation_specs(results_dir: str | Path) -> list[TableSpec]:
         raise FileNotFoundError(f"no table specs: {folder} does not exist (the committed results/ folder)")
     combined = [p for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == "combined"]
     return [s for s in map(read_spec, combined) if s.setting_keys]
+
+
+def committed_seed_tables(results_dir: str | Path) -> dict[str, tuple[seed_table.SeedSpec, pd.DataFrame]]:
+    """Every data-seed table (`kind: seeds` specs): each recorded replica against its own run's baseline."""
+    folder = Path(results_dir) / "tables"
+    specs = [seed_table.read_seed_spec(p) for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == seed_table.KIND]
+    return {s.name: (s, seed_table.seed_table(s, results_dir)) for s in specs}
 
 
 def committed_tables(results_dir: str | Path, subset: str = "all") -> dict[str, CommittedTable]:
@@ -189,6 +199,56 @@ def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
     ax.set_title(f"{metric} vs {key}, from the committed records (ringed: the reference setting)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the points stay visible
+    fig.tight_layout()
+    return fig
+
+
+def retriever_rows(t: CommittedTable, results_dir: str | Path) -> pd.DataFrame:
+    """Fig. 5 from a table: the reference, its system's rows that changed only retriever settings, and every
+    query-only row, each labelled with the retriever it ranked with (a query row's own, a policy's run's)."""
+    results = Path(results_dir)
+    ref_cfg = read_config(results / t.spec.reference[0])
+    m = t.spec.metrics[0]
+    out = []
+    for row in t.table.to_dict("records"):
+        run, _, system = row["row"].partition(":")
+        cfg = read_config(results / run)
+        spec = SYSTEMS.get(system)
+        if spec is not None and spec.kind == "query":
+            label, kind = retriever_label({**cfg.model_dump(), "item_retriever": spec.retriever or cfg.item_retriever,
+                                           "memory_retriever": spec.retriever or cfg.item_retriever}), "query only"
+        elif system == t.reference_system and not row["replicate"] and not (
+            set(changed_keys(ref_cfg, cfg, t.spec.setting_keys)) - RETRIEVER_KEYS
+        ):
+            label, kind = retriever_label(cfg.model_dump()), "policy"
+        else:
+            continue
+        out.append({"row": row["row"], "kind": kind, "retriever": label, "mean": row[m], "lo": row[f"{m}_lo"],
+                    "hi": row[f"{m}_hi"], "d": row.get(f"d_{m}", float("nan")), "metric": m,
+                    "malformed_rate": row["malformed_rate"], "reference": row["row"] == t.reference_row})
+    return pd.DataFrame(out)
+
+
+_BAR_LABELS = {"policy": "MR.Rec policy, trained with this retriever", "query only": "the request alone (query-only)"}
+
+
+def plot_retrievers(rows: pd.DataFrame, title: str) -> plt.Figure:
+    """Grouped bars: one group per retriever, the policy and query-only retrieval side by side, 95% user CIs."""
+    if rows.empty or (rows["kind"] == "policy").sum() < 2:
+        raise ValueError("fewer than two policy rows that differ only in the retriever: nothing to compare")
+    metric = rows["metric"].iloc[0]
+    labels = list(dict.fromkeys(rows["retriever"]))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, kind in enumerate(("policy", "query only")):
+        part = rows[rows["kind"] == kind].drop_duplicates("retriever").set_index("retriever").reindex(labels)
+        y = part["mean"].to_numpy(float)
+        err = np.array([y - part["lo"].to_numpy(float), part["hi"].to_numpy(float) - y])
+        ax.bar(np.arange(len(labels)) + (i - 0.5) * 0.38, y, 0.38, yerr=err, capsize=4, label=_BAR_LABELS[kind])
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set_ylabel(f"{metric} (95% CI, users resampled)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
