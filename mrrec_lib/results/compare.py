@@ -7,8 +7,9 @@ and scored them by the same rule, so it is refused otherwise: equal stage-02 has
 retriever), the same target and user for every shared request, the same headline setting (malformed rule,
 history exclusion). The one stage-02 difference allowed is the item retriever (paper Fig. 5): with equal stage-01
 hashes both runs rank the same pool for the same requests, only by another method, so the rows stay paired; the
-result names the keys that differ. The test is stage 05's own (`eval.report.paired_tests`): users resampled, seed `seed + i` for
-metric i, Holm over the metrics compared together.
+result names the keys that differ (`runs_differ_in`) and the retriever each side ranked with (`items_ranked_by`).
+The test is stage 05's own (`eval.report.paired_tests`): users resampled, seed `seed + i` for metric i, Holm over
+the metrics compared together.
 """
 
 from __future__ import annotations
