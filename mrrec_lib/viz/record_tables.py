@@ -15,6 +15,7 @@ table read as a curve: the rows that changed one setting alone, placed at that s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mrrec_lib.config import changed_keys
+from mrrec_lib.config import Config, changed_keys
 from mrrec_lib.eval.systems import SYSTEMS
 from mrrec_lib.results import seed_table
 from mrrec_lib.results.combined import (
@@ -131,6 +132,13 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
     return fig
 
 
+def _rows_with_configs(t: CommittedTable, results_dir: str | Path) -> Iterator[tuple[dict, str, Config]]:
+    """Each table row with its system and its record's config."""
+    for row in t.table.to_dict("records"):
+        run, _, system = row["row"].partition(":")
+        yield row, system, read_config(Path(results_dir) / run)
+
+
 def sweep(t: CommittedTable, results_dir: str | Path, key: str) -> pd.DataFrame:
     """The points of a one-setting curve (Fig. 6: memory top-k): the reference and every row of its system whose
     record differs from the reference's in `key` alone among the table's setting keys, with the value of `key`; the
@@ -141,15 +149,12 @@ def sweep(t: CommittedTable, results_dir: str | Path, key: str) -> pd.DataFrame:
     condition for reading the curve as the effect of `key`, and the value is typed (k=1 sorts before k=10)."""
     if key not in t.spec.setting_keys:
         raise ValueError(f"table {t.spec.name}: {key!r} is not one of its setting_keys {t.spec.setting_keys}")
-    results = Path(results_dir)
-    ref_cfg = read_config(results / t.spec.reference[0])
+    ref_cfg = read_config(Path(results_dir) / t.spec.reference[0])
     m = t.spec.metrics[0]
     points = []
-    for row in t.table.to_dict("records"):
-        run, _, system = row["row"].partition(":")
+    for row, system, cfg in _rows_with_configs(t, results_dir):
         if system != t.reference_system:
             continue
-        cfg = read_config(results / run)
         replicate = bool(row["replicate"])  # combined_table checked it changed a seed only
         if not replicate and set(changed_keys(ref_cfg, cfg, t.spec.setting_keys)) - {key}:
             continue
@@ -206,13 +211,10 @@ def plot_sweep(curves: dict[str, pd.DataFrame], key: str) -> plt.Figure:
 def retriever_rows(t: CommittedTable, results_dir: str | Path) -> pd.DataFrame:
     """Fig. 5 from a table: the reference, its system's rows that changed only retriever settings, and every
     query-only row, each labelled with the retriever it ranked with (a query row's own, a policy's run's)."""
-    results = Path(results_dir)
-    ref_cfg = read_config(results / t.spec.reference[0])
+    ref_cfg = read_config(Path(results_dir) / t.spec.reference[0])
     m = t.spec.metrics[0]
     out = []
-    for row in t.table.to_dict("records"):
-        run, _, system = row["row"].partition(":")
-        cfg = read_config(results / run)
+    for row, system, cfg in _rows_with_configs(t, results_dir):
         spec = SYSTEMS.get(system)
         if spec is not None and spec.kind == "query":
             label, kind = retriever_label({**cfg.model_dump(), "item_retriever": spec.retriever or cfg.item_retriever,
