@@ -128,8 +128,10 @@ def _cmd_readme(args: argparse.Namespace) -> int:
     from mrrec_lib.runs import resolve
 
     readme = resolve(args.readme)
-    if not args.run and not args.table and not args.study:
-        raise ValueError("give --run (Table 1 of a record), --table (a combined table spec) and/or --study (a plan)")
+    if not args.run and not args.table and not args.study and not args.figures:
+        raise ValueError(
+            "give --run (Table 1 of a record), --table (a table spec), --study (a plan) and/or --figures (a folder)"
+        )
     if args.run:
         problems = render_readme(readme, resolve(args.results_dir), args.run)
         print(f"{readme}: Table 1 rendered from {resolve(args.results_dir) / args.run}")
@@ -139,6 +141,13 @@ def _cmd_readme(args: argparse.Namespace) -> int:
         print(f"{readme}: table {render_table(readme, resolve(args.results_dir), resolve(spec))} rendered from {spec}")
     for plan in args.study:
         print(f"{readme}: study {render_study(readme, resolve(plan))} rendered from {plan}")
+    if args.figures:
+        from mrrec_lib.viz import record_tables as rt
+        from mrrec_lib.viz.figures import write_png
+
+        results = resolve(args.results_dir)
+        for name, fig in rt.record_figures(rt.committed_tables(results), results).items():
+            print(f"wrote {write_png(fig, resolve(args.figures) / f'{name}.png')}")
     return 0
 
 
@@ -300,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a study plan written by `mrrec ablate`, rendered between <!-- results:study:<file stem>:start/end --> "
         "(repeatable), e.g. results/study.json",
+    )
+    m.add_argument(
+        "--figures",
+        help="write the figures the committed ablation records support (forest plot, top-k curve, retriever bars) "
+        "as PNGs into this folder, e.g. docs/figures",
     )
     m.add_argument("--results-dir", default="results")
     m.add_argument("--readme", default="README.md")

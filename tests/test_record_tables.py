@@ -157,3 +157,14 @@ def test_seed_tables_read_the_committed_records():
     base = json.loads((RESULTS / "default-grpo-probe/metrics/05_eval.json").read_text())["paired_tests"]
     recorded = next(t for t in base if t["system"] == "query_dense" and t["metric"] == "N@100")
     assert table["d_N@100"].iloc[0] == pytest.approx(recorded["diff"])
+
+
+def test_readme_figures_writes_every_record_figure(tmp_path):
+    from mrrec_lib.cli import main
+
+    assert main(["readme", "--figures", str(tmp_path / "figures"), "--results-dir", str(RESULTS)]) == 0
+    written = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert written == sorted(f"{n}.png" for n in rt.record_figures(rt.committed_tables(RESULTS), RESULTS))
+    assert {"06_committed_ablations.png", "06_topk_committed.png", "06_retriever_grpo_ablations.png"} <= set(written)
+    assert not list((tmp_path / "figures").glob(".*"))  # no temporary file left behind
+    matplotlib.pyplot.close("all")

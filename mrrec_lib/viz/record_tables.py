@@ -255,6 +255,33 @@ def plot_retrievers(rows: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
+def topk_curves(committed: dict[str, CommittedTable], results_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Fig. 6 per table that varies `memory_top_k`, where it has more than the reference (a lone point is no curve)."""
+    curves = {name: sweep(t, results_dir, "memory_top_k") for name, t in committed.items()
+              if "memory_top_k" in t.spec.setting_keys}  # fmt: skip
+    return {name: c for name, c in curves.items() if len(c) > 1}
+
+
+def retriever_bars(committed: dict[str, CommittedTable], results_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Fig. 5 per table with at least two policy rows that differ only in the retriever."""
+    bars = {name: retriever_rows(t, results_dir) for name, t in committed.items()}
+    return {name: r for name, r in bars.items() if len(r) and (r["kind"] == "policy").sum() > 1}
+
+
+def record_figures(committed: dict[str, CommittedTable], results_dir: str | Path) -> dict[str, plt.Figure]:
+    """Every figure the committed records support, by file name: the forest plot, the top-k curves, the retriever
+    bars. Notebook 06 shows them; `mrrec readme --figures` writes them beside docs/results.md."""
+    figures: dict[str, plt.Figure] = {}
+    if committed:
+        figures["06_committed_ablations"] = plot_forest(committed)
+    curves = topk_curves(committed, results_dir)
+    if curves:
+        figures["06_topk_committed"] = plot_sweep(curves, "memory_top_k")
+    for name, rows in retriever_bars(committed, results_dir).items():
+        figures[f"06_retriever_{name}"] = plot_retrievers(rows, f"{name}: retriever for memory and items (Fig. 5 form)")
+    return figures
+
+
 def display_table(t: CommittedTable) -> pd.DataFrame:
     """The rows with their setting, headline metric, paired difference, Holm p, MDD and malformed share."""
     m = t.spec.metrics[0]
