@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def read_spec(path: str | Path) -> TableSpec:
     if not path.exists():
         raise FileNotFoundError(f"table spec not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
-    if spec_kind(path) != "combined":
+    if data.get("kind", "combined") != "combined":
         raise ValueError(f"{path}: kind {data['kind']!r} is not a combined table")
     missing = [k for k in ("title", "rows", "reference") if k not in data]
     if missing:
@@ -103,7 +104,7 @@ def _setting(cfg: Any, ref_cfg: Any, keys: list[str]) -> str:
     return ", ".join(f"{k}={new}" for k, (_, new) in changed_keys(ref_cfg, cfg, keys).items()) or "—"
 
 
-def _row_label(record: Path, system: str) -> tuple[str, str]:
+def row_label(record: Path, system: str) -> tuple[str, str]:
     """Stage 05's method label and memory kind of a system (the zero-shot rows differ only in memory)."""
     meta = read_eval_metrics(record).get("systems", {}).get(system, {})
     return str(meta.get("method") or system), str(meta.get("memory") or "")
@@ -130,7 +131,7 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         cfg = read_config(record)
         df = mine.loc[shared].reset_index()
         cells = metric_cells(df, headline_column(df, cfg), cfg)
-        label, memory = _row_label(record, system)
+        label, memory = row_label(record, system)
         row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": label, "memory": memory}
         if spec.setting_keys:
             row["setting"] = _setting(cfg, ref_cfg, spec.setting_keys)
@@ -199,13 +200,15 @@ def within_noise(table: pd.DataFrame, metric: str) -> list[str]:
     return rows.loc[rows[f"d_{metric}"].abs().round(DIGITS) <= round(spread, DIGITS), "row"].tolist()
 
 
+def record_links(results: Path, runs: Iterable[str], link_base: Path) -> str:
+    """Markdown links to the records `runs`, relative to the document at `link_base`."""
+    return ", ".join(f"[`{run}`]({Path(os.path.relpath(results / run, link_base)).as_posix()}/)" for run in runs)
+
+
 def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) -> str:
     """The Markdown block: provenance line, then one table per subset (reference row first in bold)."""
     results = Path(results_dir)
-    links = ", ".join(
-        f"[`{run}`]({Path(os.path.relpath(results / run, link_base)).as_posix()}/)"
-        for run in dict.fromkeys(r for r, _ in spec.rows)
-    )
+    links = record_links(results, dict.fromkeys(r for r, _ in spec.rows), link_base)
     ref = f"{spec.reference[0]}:{spec.reference[1]}"
     lines = [
         f"{spec.title} Rendered by `mrrec readme --table results/tables/{spec.name}.yaml` from the per-request rows of "
@@ -224,7 +227,7 @@ def table_markdown(spec: TableSpec, results_dir: str | Path, link_base: Path) ->
 
 def _noise_line(table: pd.DataFrame, m: str, reference: str) -> str:
     reps = table[table["replicate"]]
-    each = "; ".join(f"`{r['row']}` {_signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
+    each = "; ".join(f"`{r['row']}` {signed_ci(r[f'd_{m}'], r[f'd_{m}_lo'], r[f'd_{m}_hi'])}" for r in reps.to_dict("records"))
     inside = within_noise(table, m)
     mean, sd, runs = seed_spread(table, m, reference)
     spread = "" if math.isnan(sd) else (
@@ -250,7 +253,7 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
         for m in spec.metrics:
             row[m] = fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], DIGITS)
         m = spec.metrics[0]
-        row[f"Δ {m} [CI]"] = "—" if reference else _signed_ci(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"])
+        row[f"Δ {m} [CI]"] = "—" if reference else signed_ci(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"])
         row["Holm p"] = "—" if reference or r["replicate"] else fmt(r[f"holm_{m}"], ".3f")
         row["MDD"] = "—" if reference else fmt(r[f"mdd_{m}"], f".{DIGITS}f")
         row["Malformed"] = fmt(r["malformed_rate"], ".0%")
@@ -258,5 +261,5 @@ def _display(table: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _signed_ci(d: float, lo: float, hi: float) -> str:
+def signed_ci(d: float, lo: float, hi: float) -> str:
     return f"{d:+.{DIGITS}f} [{lo:+.{DIGITS}f}, {hi:+.{DIGITS}f}]"

@@ -11,7 +11,6 @@ under results/tables/, rendered like a combined table (`mrrec readme --table`).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,15 @@ import yaml
 
 from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
+from mrrec_lib.results.combined import DIGITS, record_links, row_label, signed_ci
 from mrrec_lib.results.compare import compare_records
-from mrrec_lib.results.layout import read_config, read_eval_metrics, read_per_query
+from mrrec_lib.results.layout import read_config, read_per_query
 from mrrec_lib.results.recompute import headline_column, metric_cells
 from mrrec_lib.stages import IGNORED_KEYS
 
 KIND = "seeds"
 # What a replica may change besides `seed`: which rows its stage 05 scored (the compared two must be among them).
 REPLICA_KEYS = ("seed", "eval_systems")
-DIGITS = 3
 
 
 @dataclass(frozen=True)
@@ -117,19 +116,13 @@ def spread(table: pd.DataFrame, column: str) -> tuple[float, float]:
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) >= 3 else float("nan"))
 
 
-def _label(record: Path, system: str) -> str:
-    return str(read_eval_metrics(record).get("systems", {}).get(system, {}).get("method") or system)
-
-
 def seed_markdown(spec: SeedSpec, results_dir: str | Path, link_base: Path) -> str:
     """The Markdown block: provenance line, the per-run table, and the spread over the runs."""
     results = Path(results_dir)
     table = seed_table(spec, results)
-    sys_label, base_label = _label(results / spec.runs[0], spec.system), _label(results / spec.runs[0], spec.baseline)
+    sys_label, base_label = (row_label(results / spec.runs[0], s)[0] for s in (spec.system, spec.baseline))
     missing = unrecorded(spec, results)
-    links = ", ".join(
-        f"[`{r}`]({Path(os.path.relpath(results / r, link_base)).as_posix()}/)" for r in spec.runs if r not in missing
-    )
+    links = record_links(results, (r for r in spec.runs if r not in missing), link_base)
     m = spec.metrics[0]
     rows = []
     for r in table.to_dict("records"):
@@ -137,7 +130,7 @@ def seed_markdown(spec: SeedSpec, results_dir: str | Path, link_base: Path) -> s
         for met in spec.metrics:
             row[f"{sys_label} {met}"] = fmt_ci(r[f"system_{met}"], r[f"system_{met}_lo"], r[f"system_{met}_hi"], DIGITS)
         row[f"{base_label} {m}"] = fmt_ci(r[f"baseline_{m}"], r[f"baseline_{m}_lo"], r[f"baseline_{m}_hi"], DIGITS)
-        row[f"Δ {m} [CI]"] = f"{r[f'd_{m}']:+.{DIGITS}f} [{r[f'd_{m}_lo']:+.{DIGITS}f}, {r[f'd_{m}_hi']:+.{DIGITS}f}]"
+        row[f"Δ {m} [CI]"] = signed_ci(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"])
         row["p (perm.)"] = fmt(r[f"p_{m}"], ".4f")  # never 0: (1 + count) / (1 + draws)
         row["MDD"] = fmt(r[f"mdd_{m}"], f".{DIGITS}f")
         row["Malformed"] = fmt(r["malformed_rate"], ".0%")
