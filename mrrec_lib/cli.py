@@ -146,7 +146,9 @@ def _cmd_readme(args: argparse.Namespace) -> int:
         from mrrec_lib.viz.figures import write_png
 
         results = resolve(args.results_dir)
-        for name, fig in rt.record_figures(rt.committed_tables(results), results).items():
+        committed = rt.committed_tables(results)
+        curves, bars = rt.topk_curves(committed, results), rt.retriever_bars(committed, results)
+        for name, fig in rt.record_figures(committed, curves, bars).items():
             print(f"wrote {write_png(fig, resolve(args.figures) / f'{name}.png')}")
     return 0
 

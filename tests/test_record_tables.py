@@ -164,7 +164,9 @@ def test_readme_figures_writes_every_record_figure(tmp_path):
 
     assert main(["readme", "--figures", str(tmp_path / "figures"), "--results-dir", str(RESULTS)]) == 0
     written = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    assert written == sorted(f"{n}.png" for n in rt.record_figures(rt.committed_tables(RESULTS), RESULTS))
+    committed = rt.committed_tables(RESULTS)
+    figures = rt.record_figures(committed, rt.topk_curves(committed, RESULTS), rt.retriever_bars(committed, RESULTS))
+    assert written == sorted(f"{n}.png" for n in figures)
     assert {"06_committed_ablations.png", "06_topk_committed.png", "06_retriever_grpo_ablations.png"} <= set(written)
     assert not list((tmp_path / "figures").glob(".*"))  # no temporary file left behind
     matplotlib.pyplot.close("all")

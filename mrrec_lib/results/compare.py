@@ -77,7 +77,7 @@ def _pool_difference(a: Path, b: Path) -> list[str]:
     return differ
 
 
-def _ranked_by(system: str, cfg: Any) -> str:
+def ranked_by(system: str, cfg: Any) -> str:
     """The item retriever a system's rows were ranked with: its own (query_dense, query_bm25) or the run's."""
     spec = SYSTEMS.get(system)
     return (spec.retriever if spec else "") or cfg.item_retriever
@@ -151,7 +151,7 @@ def compare_records(
         "shared_users": len(set(users)),
         "setting": headline(cfg_a).column,
         "runs_differ_in": {k: [getattr(cfg_a, k), getattr(cfg_b, k)] for k in differs_in},
-        "items_ranked_by": [_ranked_by(system_a, cfg_a), _ranked_by(system_b, cfg_b)],
+        "items_ranked_by": [ranked_by(system_a, cfg_a), ranked_by(system_b, cfg_b)],
         "tests": tests,
     }
 

@@ -35,6 +35,7 @@ from mrrec_lib.results.combined import (
     spec_kind,
     within_noise,
 )
+from mrrec_lib.results.compare import ranked_by
 from mrrec_lib.results.layout import read_config
 from mrrec_lib.viz.ablations import RETRIEVER_KEYS, json_records, retriever_label
 
@@ -217,8 +218,8 @@ def retriever_rows(t: CommittedTable, results_dir: str | Path) -> pd.DataFrame:
     for row, system, cfg in _rows_with_configs(t, results_dir):
         spec = SYSTEMS.get(system)
         if spec is not None and spec.kind == "query":
-            label, kind = retriever_label({**cfg.model_dump(), "item_retriever": spec.retriever or cfg.item_retriever,
-                                           "memory_retriever": spec.retriever or cfg.item_retriever}), "query only"
+            own = ranked_by(system, cfg)  # the request alone searches items and nothing else with its retriever
+            label, kind = retriever_label({**cfg.model_dump(), "item_retriever": own, "memory_retriever": own}), "query only"
         elif system == t.reference_system and not row["replicate"] and not (
             set(changed_keys(ref_cfg, cfg, t.spec.setting_keys)) - RETRIEVER_KEYS
         ):
@@ -268,16 +269,18 @@ def retriever_bars(committed: dict[str, CommittedTable], results_dir: str | Path
     return {name: r for name, r in bars.items() if len(r) and (r["kind"] == "policy").sum() > 1}
 
 
-def record_figures(committed: dict[str, CommittedTable], results_dir: str | Path) -> dict[str, plt.Figure]:
-    """Every figure the committed records support, by file name: the forest plot, the top-k curves, the retriever
-    bars. Notebook 06 shows them; `mrrec readme --figures` writes them beside docs/results.md."""
+def record_figures(
+    committed: dict[str, CommittedTable], curves: dict[str, pd.DataFrame], bars: dict[str, pd.DataFrame]
+) -> dict[str, plt.Figure]:
+    """Every figure the committed records support, by file name: the forest plot, the top-k curves (`topk_curves`),
+    the retriever bars (`retriever_bars`), taken as built so notebook 06 tabulates and draws the same rows.
+    Notebook 06 shows them; `mrrec readme --figures` writes them beside docs/results.md."""
     figures: dict[str, plt.Figure] = {}
     if committed:
         figures["06_committed_ablations"] = plot_forest(committed)
-    curves = topk_curves(committed, results_dir)
     if curves:
         figures["06_topk_committed"] = plot_sweep(curves, "memory_top_k")
-    for name, rows in retriever_bars(committed, results_dir).items():
+    for name, rows in bars.items():
         figures[f"06_retriever_{name}"] = plot_retrievers(rows, f"{name}: retriever for memory and items (Fig. 5 form)")
     return figures
 
