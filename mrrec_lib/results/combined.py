@@ -61,9 +61,14 @@ def _pair(spec: str, where: str) -> tuple[str, str]:
     return run, system
 
 
+def _kind(data: dict) -> str:
+    """A loaded table spec's `kind`: "combined" (this module, the default) or "seeds" (`results.seed_table`)."""
+    return str(data.get("kind", "combined"))
+
+
 def spec_kind(path: str | Path) -> str:
-    """A table spec's `kind`: "combined" (this module, the default) or "seeds" (`results.seed_table`)."""
-    return str((yaml.safe_load(Path(path).read_text()) or {}).get("kind", "combined"))
+    """The `kind` of the table spec at `path` (see `_kind`)."""
+    return _kind(yaml.safe_load(Path(path).read_text()) or {})
 
 
 def read_spec(path: str | Path) -> TableSpec:
@@ -74,7 +79,7 @@ def read_spec(path: str | Path) -> TableSpec:
     if not path.exists():
         raise FileNotFoundError(f"table spec not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
-    if data.get("kind", "combined") != "combined":
+    if _kind(data) != "combined":
         raise ValueError(f"{path}: kind {data['kind']!r} is not a combined table")
     missing = [k for k in ("title", "rows", "reference") if k not in data]
     if missing:
