@@ -1,8 +1,8 @@
 """`mrrec ablate`: the paper's ablation study, accumulated across sessions under a wall-time budget.
 
-The whole batch needs ~19 h of 2-core CPU, a session lasts ~3 h and outputs/ may not survive between
-sessions, so what lasts is each finished run's committed record (results/<run>/, `mrrec record`). Every
-invocation therefore
+The whole batch needs far more 2-core CPU than a ~3 h session (results/study.json prices what is left, from
+the recorded stage times) and outputs/ may not survive between sessions, so what lasts is each finished
+run's committed record (results/<run>/, `mrrec record`). Every invocation therefore
 1. skips each ablation whose record is current: its stage-01 and stage-05 config hashes equal what the params
    give now and `check_record` finds nothing stale;
 2. queues the rest in a fixed priority order (`PRIORITY`: the paper's headline comparisons first, the most

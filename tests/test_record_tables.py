@@ -129,6 +129,10 @@ def test_grpo_table_replicates_set_the_run_to_run_spread(committed):
     fig = rt.plot_forest({"grpo_ablations": table})
     diamonds = [line for line in fig.get_axes()[0].lines if line.get_marker() == "D"]
     assert len(diamonds) == 1 and list(diamonds[0].get_xdata()) == pytest.approx(reps["d_N@100"].tolist())
+    # a row whose GRPO kept its start policy says so in the figure too, as in the table
+    ticks = [t.get_text() for t in fig.get_axes()[0].get_yticklabels()]
+    kept = rows[rows["label"].str.contains("GRPO kept step 0")]
+    assert len(kept) >= 1 and sum("GRPO kept step 0" in t for t in ticks) == len(kept)
 
 
 def test_retriever_bars_are_the_recorded_comparison(committed):

@@ -342,9 +342,12 @@ def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tm
     assert across["runs_differ_in"] == {"item_retriever": ["dense", "bm25"]}
     assert across["items_ranked_by"] == ["dense", "bm25"]  # a policy ranks with its run's retriever ...
     assert compare_records(dest, "mrrec", twin, "query_dense")["items_ranked_by"] == ["dense", "dense"]  # ... a query row with its own
-    # ... but not with any other memory-building key changed as well, nor with other data (stage 01)
-    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25", "memory_builder": "llm"}))
-    with pytest.raises(IncomparableRecordsError, match="differ in item_retriever, memory_builder"):
+    # ... as is memory written by another builder (the treatment of that ablation) ...
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "memory_builder": "llm"}))
+    assert compare_records(dest, "mrrec", twin, "mrrec")["runs_differ_in"] == {"memory_builder": ["extractive", "llm"]}
+    # ... but not with another stage-02 key changed as well (an approximate index), nor with other data (stage 01)
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25", "index_type": "hnsw"}))
+    with pytest.raises(IncomparableRecordsError, match="differ in index_type, item_retriever"):
         compare_records(dest, "mrrec", twin, "mrrec")
     (twin / "config.yaml").write_text(yaml.safe_dump({**config, "item_retriever": "bm25"}))
     hashes["01"]["hash"] = "f" * 16
@@ -573,7 +576,8 @@ def test_study_plan_rendered_between_its_markers(tmp_path):
     recorded = sum(r["status"] == "recorded" for r in data["ablations"])
     assert "\nold\n" not in text and text.endswith(f"{end}\nafter\n")
     assert f"{recorded} of {len(data['ablations'])} runs recorded" in text
-    assert f"{data['minutes_left']:,.0f} min" in text and "--scale params/eval/grpo_probe.yaml" in text
+    left = "nothing left" if data["minutes_left"] < 0.5 else f"{data['minutes_left']:,.0f} min"
+    assert left in text and "--scale params/eval/grpo_probe.yaml" in text
     assert text.count("| `grpo-probe-") == len(data["ablations"]) - 1  # every row but the base run
     with pytest.raises(FileNotFoundError, match="dry-run"):
         render_study(doc, tmp_path / "study-none.json")
@@ -581,6 +585,24 @@ def test_study_plan_rendered_between_its_markers(tmp_path):
     foreign.write_text("{}")
     with pytest.raises(ValueError, match="not a study plan"):
         render_study(doc, foreign)
+
+
+@pytest.mark.parametrize(("minutes", "wording"), [
+    (0, "1 of 1 runs recorded in `results/`, nothing left,"),
+    (28.4, "28 min of 2-core CPU left,"),
+    (2864, "2,864 min (~48 h of 2-core CPU) left,"),
+])
+def test_study_plan_states_time_left_in_units_that_read_right(tmp_path, minutes, wording):
+    """Under an hour the rest is given in minutes alone: "(~0 h)" for 28 minutes would read as nothing left."""
+    from mrrec_lib.results.readme import study_markdown
+
+    plan = tmp_path / "study-x.json"
+    row = {"ablation": "a", "run": "abl-a", "status": "left" if minutes else "recorded", "minutes_left": minutes,
+           "stages_left": ["05"] if minutes else []}
+    plan.write_text(json.dumps({"base": "params/default.yaml", "minutes_left": minutes, "ablations": [row],
+                                "written_at": "2026-12-06T00:00:00"}))
+    text = study_markdown(plan)
+    assert wording in text and ("~0 h" not in text)
 
 
 def test_seed_table_pairs_within_each_run_and_refuses_other_changes(run, tmp_path):

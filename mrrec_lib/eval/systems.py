@@ -81,6 +81,10 @@ def resolve_systems(names: list[str]) -> list[SystemSpec]:
     return [SYSTEMS[n] for n in names]
 
 
+# Marks a row whose GRPO early stopping kept its start policy; a figure's short label repeats it (see record_tables).
+KEPT_STEP0 = "GRPO kept step 0"
+
+
 def method_label(spec: SystemSpec, cfg: Config, kept_start: str | None = None) -> str:
     """The Table 1 'system' column: what produced the retrieval text, with the model that did it.
 
@@ -99,7 +103,7 @@ def method_label(spec: SystemSpec, cfg: Config, kept_start: str | None = None) -
     name = {"recr1": "Rec-R1", "sft": "MR.Rec", "grpo": "MR.Rec"}[spec.checkpoint]
     if kept_start is not None:
         start = "SFT only" if kept_start == "sft" else "untrained"
-        return f"{name} ({cfg.policy_model}), {start} — GRPO kept step 0"
+        return f"{name} ({cfg.policy_model}), {start} — {KEPT_STEP0}"
     return {
         "recr1": f"Rec-R1 ({cfg.policy_model}, GRPO, no memory)",
         "sft": f"MR.Rec w/o RL ({cfg.policy_model}, SFT)",

@@ -36,8 +36,9 @@ SUBSETS = {"all": None, "no_overlap": lambda overlap: overlap == 0, "overlap": l
 # Requests kept by whether B's answer parsed: a policy that mostly learned to close its answers (malformed ones
 # score 0) gains on B's malformed requests; the well-formed ones show whether the content of its answers changed.
 B_FORMATS = {"any": None, "wellformed": False, "malformed": True}
-# Stage-02 keys two compared records may differ in: the item retriever ranks the same pool by another method.
-COMPARABLE_STAGE02_KEYS = frozenset({"item_retriever"})
+# Stage-02 keys two compared records may differ in: the item retriever ranks the same pool by another method, and
+# the memory builder writes the memory under test (like `global_memory`, a treatment, not another pool or rule).
+COMPARABLE_STAGE02_KEYS = frozenset({"item_retriever", "memory_builder"})
 
 
 class IncomparableRecordsError(ValueError):

@@ -174,6 +174,15 @@ def study_markers(name: str) -> tuple[str, str]:
     return f"<!-- results:study:{name}:start -->", f"<!-- results:study:{name}:end -->"
 
 
+def _time_left(minutes: float) -> str:
+    """Hours only where they say more than the minutes do: "~0 h" for a 28-minute rest would read as nothing."""
+    if minutes < 0.5:
+        return "nothing left"
+    if minutes < 60:
+        return f"{minutes:.0f} min of 2-core CPU left"
+    return f"{minutes:,.0f} min (~{minutes / 60:.0f} h of 2-core CPU) left"
+
+
 def study_markdown(study_path: str | Path) -> str:
     """A study plan (`mrrec ablate` writes results/study*.json) as a table: what is recorded, what is left and
     its estimated minutes, priced from the recorded stage times, so the docs never carry a hand-typed estimate."""
@@ -195,8 +204,7 @@ def study_markdown(study_path: str | Path) -> str:
     lines = [
         f"Study plan `{path.name}` (`mrrec ablate {d['base']} <each ablation's params/ablations/NAME.yaml>{scale} "
         f"--dry-run`, {d['written_at'][:10]}): {done} of {len(rows)} runs recorded in `results/`, "
-        f"{d['minutes_left']:,.0f} min (~{d['minutes_left'] / 60:.0f} h of 2-core CPU) left, each run priced from "
-        "the recorded stage times.",
+        f"{_time_left(d['minutes_left'])}, each run priced from the recorded stage times.",
         "",
         to_markdown(table).rstrip("\n"),
     ]
