@@ -7,6 +7,7 @@ half-written file that the next stage would trust.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -135,6 +136,29 @@ def run_paths(cfg: Config) -> RunPaths:
 def file_stamps(files: list[Path], root: Path) -> list[str]:
     """Path, size and mtime of each file: a cheap identity that changes when a file is rewritten, without reading it."""
     return [f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(files) if p.is_file()]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, memoised on (path, size, mtime) so the several systems of one evaluation hash a
+    big input (the item table, the memory) once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def file_digests(files: list[Path], root: Path) -> list[str]:
+    """Path and content hash of each file: unlike `file_stamps`, equal when a later session rebuilds the same bytes,
+    so results keyed on it (stage 05's row caches) survive a lost outputs/ folder when the stages are deterministic."""
+    return [f"{p.relative_to(root)}:{file_digest(p)}" for p in sorted(files) if p.is_file()]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

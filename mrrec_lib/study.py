@@ -13,7 +13,10 @@ run's committed record (results/<run>/, `mrrec record`). Every invocation theref
    study goes on, and a later invocation retries it only when its hashes changed (or with `retry_failed`);
    with `partial`, the first run that does not fit is started anyway and paused at the end of the budget
    (`runner.StagePaused`): its stages resume from their checkpoints next time, so a run longer than any
-   session (the LLM memory builder's ~9 h stage 02) still advances, provided outputs/ survives;
+   session (the LLM memory builder's ~9 h stage 02) still advances, provided outputs/ survives; its stage-05
+   rows are also kept in results/partial/<run>/ (`results.partial`) and restored before the run resumes, so an
+   evaluation longer than a session advances even when outputs/ is lost (earlier stages are rebuilt, and the
+   saved rows count wherever the rebuild is bit-identical);
 4. prints what is recorded and what is left, and writes the same to results/study.json.
 Donor seeding (`ablate.seed_from_donor`) still shares identical upstream stages, and with every record
 current an invocation does no work.
@@ -30,6 +33,7 @@ from mrrec_lib import ablate, runner, stages
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.results import check_record, record_run
 from mrrec_lib.results.layout import STAGES_FILE
+from mrrec_lib.results.partial import drop_partial, partial_dir, restore_partial, save_partial, saved_rows
 from mrrec_lib.results.provenance import now_iso
 from mrrec_lib.results.record import display_path
 from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, read_json, resolve, write_json
@@ -185,7 +189,14 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None, dea
     finished; a failure is written down, never raised."""
     # Not 06 (it summarises the study itself) nor 07 (interactive).
     only = ",".join(s for s in runner.available_stages() if s in STAGE_ORDER)
+    if restored := restore_partial(results, outputs / ab.run):
+        print(f"[study] {ab.run}: restored stage-05 rows from {display_path(partial_dir(results, ab.run))}: "
+              + ", ".join(f"{stem} {n}" for stem, n in restored.items()))
     r = ablate.run_one(ab.files[0], ab.delta, only, outputs, ab.scale, deadline=deadline)
+    if r["status"] != "ok":
+        if saved := save_partial(outputs / ab.run, results):
+            print(f"[study] {ab.run}: stage-05 rows kept in {display_path(partial_dir(results, ab.run))}: "
+                  + ", ".join(f"{stem} {n}" for stem, n in saved.items()))
     if r["status"] == "paused":
         ab.status, ab.note = PAUSED, f"{r['error']} (outputs/{ab.run})"
         return
@@ -198,6 +209,7 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None, dea
     except Exception as e:  # e.g. a stale or unrecomputable record: the study goes on
         write_failed(ab, results, "record", f"{type(e).__name__}: {e}", "")
         return
+    drop_partial(results, ab.run)
     ab.status, ab.stages_left, ab.minutes_left = RAN, (), 0.0
     ab.note = f"reused {','.join(r['shared_stages'])} from {r['shared_from']}" if r["shared_stages"] else ""
 
@@ -311,6 +323,9 @@ def run_study(
     for ab in abls:
         ab.status, ab.note = record_state(ab, results, retry_failed)
         if ab.status == LEFT and (note := paused_note(ab, paused)):
+            ab.note = "; ".join(x for x in (ab.note, note) if x)
+        if ab.status == LEFT and (saved := saved_rows(results, ab.run)):
+            note = f"{sum(saved.values())} stage-05 rows of {len(saved)} system caches kept in results/partial"
             ab.note = "; ".join(x for x in (ab.note, note) if x)
     model = CostModel(stage_seconds or estimated_seconds, abls[0].files, abls[0].run, outputs, results)
     if not dry_run:

@@ -336,3 +336,31 @@ def test_a_scale_overlay_runs_the_same_study_at_another_size(tmp_path, calls):
     assert calls == []
     # The full-size study does not take the scaled records for its own.
     assert _status(_study(tmp_path, [topk], dry_run=True)) == {"base": "left", "topk_1": "left"}
+
+
+def test_stage05_rows_of_a_paused_run_survive_a_lost_outputs_folder(tmp_path, calls, monkeypatch, capsys):
+    """A session pauses the base run in stage 05; the next starts with no outputs/ and resumes from the saved rows."""
+    from mrrec_lib.runs import append_jsonl, read_jsonl
+
+    timed, seen = runner.execute_stage, []
+
+    def evaluating(stage, cfg, paths, log_output=False):
+        if stage == "05":  # each attempt evaluates two more requests, resuming from the cache it finds
+            cache = paths.logs / "05_eval" / "mrrec-abc.jsonl"
+            have = len(read_jsonl(cache))
+            seen.append(have)
+            append_jsonl(cache, [{"qid": f"q{i}"} for i in range(have, have + 2)])
+        return timed(stage, cfg, paths, log_output)
+
+    monkeypatch.setattr(runner, "execute_stage", evaluating)
+    abls = _study(tmp_path, [], budget_min=4.5 * M, partial=True)
+    assert _status(abls) == {"base": "paused"}
+    assert "stage-05 rows kept in results/partial/base: mrrec-abc 2" in capsys.readouterr().out.replace(
+        str(tmp_path) + "/", ""
+    )
+    shutil.rmtree(tmp_path / "outputs")
+    planned = _study(tmp_path, [], dry_run=True)[0]
+    assert "2 stage-05 rows of 1 system caches kept in results/partial" in planned.note
+    abls = _study(tmp_path, [])
+    assert _status(abls) == {"base": "ran now"} and seen == [0, 2]
+    assert not (tmp_path / "results" / "partial").exists()

@@ -46,7 +46,7 @@ from mrrec_lib.eval.systems import (
     other_rule,
     resolve_systems,
 )
-from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, atomic_write_text, file_stamps, read_jsonl
+from mrrec_lib.runs import MissingStageError, RunPaths, append_jsonl, atomic_write_text, file_digests, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,20 @@ def metric_names(ks: list[int]) -> list[str]:
 def system_fingerprint(spec: SystemSpec, ctx: EvalContext) -> str:
     """Identity of a system's outputs: its upstream stage hash, output-relevant eval keys, and input files.
 
-    An absent checkpoint simply stamps as absent: its runner then fails naming the stage (`EvalContext.policy`).
+    Input files count by content, not by mtime: a later session that rebuilds bit-identical data, memory and
+    policies (same code, seeds and threads) finds the rows an earlier one saved (`results.partial`), while any
+    changed byte starts the system afresh. An absent checkpoint simply stamps as absent: its runner then fails
+    naming the stage (`EvalContext.policy`).
     """
     cfg, paths = ctx.cfg, ctx.paths
     files = list(paths.data.glob("*.parquet"))
     if spec.memory in ("static", "mrrec"):
         files += [p for p in paths.memory.rglob("*") if p.is_file()]
-    stamps = file_stamps(files, paths.root)
+    stamps = file_digests(files, paths.root)
     if spec.checkpoint:
-        from mrrec_lib.train.checkpoints import final_dir
+        from mrrec_lib.train.checkpoints import final_dir, policy_digest
 
-        d = final_dir(ctx.policy_paths(spec.checkpoint), spec.checkpoint)
-        stamps += file_stamps([p for p in d.rglob("*") if p.is_file()], d.parent) if d.is_dir() else ["no-checkpoint"]
+        stamps += policy_digest(final_dir(ctx.policy_paths(spec.checkpoint), spec.checkpoint))
     ident = {
         "system": asdict(spec),
         "retriever": ctx.retriever_kind(spec.retriever),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mrrec_lib.config import Config
-from mrrec_lib.runs import MissingStageError, RunPaths, atomic_write_text, file_stamps
+from mrrec_lib.runs import MissingStageError, RunPaths, atomic_write_text, file_digests, file_stamps
 
 Which = Literal["base", "sft", "grpo", "recr1"]
 POLICY_META = "mrrec_policy.json"
@@ -84,6 +84,21 @@ def policy_stamp(paths: RunPaths, which: str) -> str:
     d = final_dir(paths, which)
     stamps = file_stamps(list(d.rglob("*")), d)
     return hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:12]
+
+
+# Files of a final folder that record how it was made (paths, timings), not what the policy computes.
+_VOLATILE = ("trainer_state.json", "training_args.bin", POLICY_META)
+
+
+def policy_digest(d: Path) -> list[str]:
+    """Content identity of a final policy folder: its weights, configs and tokenizer by hash, plus the model its
+    adapter sits on; timings and trainer bookkeeping are left out, so a bit-identical retraining in a later
+    session has the same identity (`eval.evaluate.system_fingerprint`)."""
+    if not d.is_dir():
+        return ["no-checkpoint"]
+    files = [p for p in d.rglob("*") if p.is_file() and p.name not in _VOLATILE]
+    meta = read_policy_meta(d) if (d / POLICY_META).exists() else {}
+    return [*file_digests(files, d.parent), json.dumps({k: meta.get(k) for k in ("base", "adapter")}, sort_keys=True)]
 
 
 def load_policy(cfg: Config, paths: RunPaths, which: Which = "sft", for_training: bool = False):
