@@ -86,6 +86,10 @@ class RunPaths:
     def memory(self) -> Path:
         return self.root / "memory"
 
+    def memory_files(self) -> list[Path]:
+        """The built memory, without parts/: the builders' resumption logs, which also hold each batch's timings."""
+        return [p for p in self.memory.rglob("*") if p.is_file() and "parts" not in p.relative_to(self.memory).parts]
+
     @property
     def models(self) -> Path:
         return self.root / "models"

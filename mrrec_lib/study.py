@@ -33,7 +33,14 @@ from mrrec_lib import ablate, runner, stages
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.results import check_record, record_run
 from mrrec_lib.results.layout import STAGES_FILE
-from mrrec_lib.results.partial import drop_partial, partial_dir, restore_partial, save_partial, saved_rows
+from mrrec_lib.results.partial import (
+    changed_inputs,
+    drop_partial,
+    partial_dir,
+    restore_partial,
+    save_partial,
+    saved_rows,
+)
 from mrrec_lib.results.provenance import now_iso
 from mrrec_lib.results.record import display_path
 from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, read_json, resolve, write_json
@@ -194,6 +201,9 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None, dea
               + ", ".join(f"{stem} {n}" for stem, n in restored.items()))
     r = ablate.run_one(ab.files[0], ab.delta, only, outputs, ab.scale, deadline=deadline)
     if r["status"] != "ok":
+        if changed := changed_inputs(outputs / ab.run, results):
+            print(f"[study] {ab.run}: rebuilt inputs differ from the session that saved its stage-05 rows, whose rows "
+                  f"of systems reading them were not reused: {', '.join(changed)}")
         if saved := save_partial(outputs / ab.run, results):
             print(f"[study] {ab.run}: stage-05 rows kept in {display_path(partial_dir(results, ab.run))}: "
                   + ", ".join(f"{stem} {n}" for stem, n in saved.items()))

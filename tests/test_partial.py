@@ -13,7 +13,14 @@ from mrrec_lib.config import load_config
 from mrrec_lib.eval.context import EvalContext
 from mrrec_lib.eval.evaluate import system_fingerprint
 from mrrec_lib.eval.systems import resolve_systems
-from mrrec_lib.results.partial import drop_partial, partial_dir, restore_partial, save_partial, saved_rows
+from mrrec_lib.results.partial import (
+    changed_inputs,
+    drop_partial,
+    partial_dir,
+    restore_partial,
+    save_partial,
+    saved_rows,
+)
 from mrrec_lib.runs import RunPaths, append_jsonl, read_jsonl
 
 
@@ -62,12 +69,40 @@ def test_fingerprints_follow_content_not_mtimes(tmp_path):
     trained = _trained_run(tmp_path)
     weights = trained.models / "grpo" / "final" / "adapter_model.safetensors"
     weights.write_bytes(b"weights")
+    (trained.memory / "parts").mkdir(parents=True)
+    (trained.memory / "parts" / "local_x.jsonl").write_text('{"seconds": 1.0}\n')
+    (trained.memory / "local_entries.parquet").write_bytes(b"memory")
     cfg = load_config(trained.config_file)
     spec = resolve_systems(["mrrec"])[0]
     before = system_fingerprint(spec, EvalContext(cfg, trained))
     for f in (weights, trained.data / "queries.parquet"):
         os.utime(f, ns=(1, 1))  # a rebuild that wrote the same bytes
     (trained.models / "grpo" / "final" / "trainer_state.json").write_text('{"train_runtime": 12.3}')
+    (trained.memory / "parts" / "local_x.jsonl").write_text('{"seconds": 2.5}\n')  # the builder's timings
+    assert system_fingerprint(spec, EvalContext(cfg, trained)) == before
+    (trained.memory / "local_entries.parquet").write_bytes(b"memorz")
+    assert system_fingerprint(spec, EvalContext(cfg, trained)) != before
+    (trained.memory / "local_entries.parquet").write_bytes(b"memory")
     assert system_fingerprint(spec, EvalContext(cfg, trained)) == before
     weights.write_bytes(b"weightz")  # same size, other bytes
     assert system_fingerprint(spec, EvalContext(cfg, trained)) != before
+
+
+def test_a_later_save_names_the_inputs_a_rebuild_changed(tmp_path):
+    results, run = tmp_path / "results", RunPaths(tmp_path / "outputs" / "r").ensure()
+    append_jsonl(run.logs / "05_eval" / "mrrec-abc.jsonl", _rows(0, 1))
+    (run.data / "items.parquet").write_bytes(b"items")
+    (run.memory / "parts").mkdir(parents=True)
+    (run.memory / "parts" / "local_x.jsonl").write_text('{"seconds": 1.0}\n')
+    final = run.models / "sft" / "final"
+    final.mkdir(parents=True)
+    (final / "adapter_model.safetensors").write_bytes(b"w")
+    (final / "trainer_state.json").write_text("{}")
+    assert changed_inputs(run.root, results) == []  # nothing saved yet: nothing to compare with
+    save_partial(run.root, results)
+    (run.memory / "parts" / "local_x.jsonl").write_text('{"seconds": 2.0}\n')
+    (final / "trainer_state.json").write_text('{"train_runtime": 3}')
+    assert changed_inputs(run.root, results) == []
+    (final / "adapter_model.safetensors").write_bytes(b"v")
+    (run.data / "queries.parquet").write_bytes(b"q")
+    assert changed_inputs(run.root, results) == ["data/queries.parquet", "models/sft/final/adapter_model.safetensors"]

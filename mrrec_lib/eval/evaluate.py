@@ -101,7 +101,7 @@ def system_fingerprint(spec: SystemSpec, ctx: EvalContext) -> str:
     cfg, paths = ctx.cfg, ctx.paths
     files = list(paths.data.glob("*.parquet"))
     if spec.memory in ("static", "mrrec"):
-        files += [p for p in paths.memory.rglob("*") if p.is_file()]
+        files += paths.memory_files()
     stamps = file_digests(files, paths.root)
     if spec.checkpoint:
         from mrrec_lib.train.checkpoints import final_dir, policy_digest

@@ -6,8 +6,9 @@ row caches (`logs/05_eval/<system>-<fingerprint>.jsonl`) to `results/partial/<ru
 fails, and copies them back before the run resumes. The fingerprint hashes the content of every input (data,
 memory, policy weights), so saved rows are reused only where the rebuilt stages are bit-identical; anything
 else is evaluated again. Each save adds only the rows not saved before, as one gzipped chunk per save
-(`<cache stem>.<first row>.jsonl.gz`), so a run advanced over many sessions commits every row once. Recording
-the run deletes its partial folder.
+(`<cache stem>.<first row>.jsonl.gz`), so a run advanced over many sessions commits every row once. Beside the rows,
+`inputs.json` lists the digest of every input file, so a later save can say which rebuilt input differs (why
+saved rows were not reused) instead of leaving it to guesswork. Recording the run deletes its partial folder.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import re
 import shutil
 from pathlib import Path
 
-from mrrec_lib.runs import RunPaths, atomic_write_bytes, atomic_write_text, read_jsonl
+from mrrec_lib.runs import RunPaths, atomic_write_bytes, atomic_write_text, file_digests, read_jsonl
 
 PARTIAL_DIR = "partial"
 EVAL_LOGS = "05_eval"
+INPUTS_FILE = "inputs.json"
 _CHUNK = re.compile(r"^(?P<stem>.+)\.(?P<start>\d+)\.jsonl\.gz$")
 
 
@@ -48,6 +50,30 @@ def _saved_lines(chunks: list[tuple[int, Path]]) -> list[str]:
     return lines
 
 
+def input_digests(run_dir: Path) -> dict[str, str]:
+    """Content hash of each file stage 05 reads from the run folder: data, memory, published policies."""
+    from mrrec_lib.train.checkpoints import policy_digest
+
+    paths = RunPaths(run_dir)
+    files = [*paths.data.glob("*.parquet"), *paths.memory_files()]
+    out = dict(line.rsplit(":", 1) for line in file_digests(files, paths.root))
+    for final in sorted(paths.models.glob("*/final")):
+        for line in policy_digest(final):
+            if line.startswith("final/"):
+                rel, digest = line.rsplit(":", 1)
+                out[f"models/{final.parent.name}/{rel}"] = digest
+    return out
+
+
+def changed_inputs(run_dir: Path, results: Path) -> list[str]:
+    """Input files whose content differs from the session that saved the rows (new or missing files included)."""
+    f = partial_dir(results, run_dir.name) / INPUTS_FILE
+    if not f.exists():
+        return []
+    before, now = json.loads(f.read_text()), input_digests(run_dir)
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
 def save_partial(run_dir: Path, results: Path) -> dict[str, int]:
     """Save the rows of `run_dir`'s stage-05 caches not saved yet; rows saved per cache stem.
 
@@ -65,6 +91,8 @@ def save_partial(run_dir: Path, results: Path) -> dict[str, int]:
             atomic_write_bytes(dest / f"{cache.stem}.{have}.jsonl.gz", gzip.compress(new, mtime=0))
         if rows:
             saved[cache.stem] = max(len(rows), have)
+    if saved:
+        atomic_write_text(dest.parent / INPUTS_FILE, json.dumps(input_digests(run_dir), indent=1, sort_keys=True))
     return saved
 
 
