@@ -14,7 +14,7 @@ from mrrec_lib.eval import report, stats
 from mrrec_lib.eval.case_study import case_studies, format_case_study
 from mrrec_lib.eval.context import EvalContext, format_naive_memory, select_eval_queries
 from mrrec_lib.eval.evaluate import evaluate_systems
-from mrrec_lib.eval.systems import SystemOutput, resolve_systems, tool_results
+from mrrec_lib.eval.systems import SystemOutput, kept_start_note, resolve_systems, tool_results
 from mrrec_lib.runs import MissingStageError, RunPaths
 
 CATS = ["Snacks", "Snacks", "Snacks", "Snacks", "Snacks", "Beauty", "Beauty", "Beauty", "Tea", "Tea"]
@@ -310,6 +310,7 @@ def test_grpo_that_kept_its_sft_start_reuses_the_sft_answers(tmp_path):
     # The row says what it is: the SFT policy, not an RL-trained one.
     label = res.labels["mrrec"]
     assert "SFT only — GRPO kept step 0" in label and "SFT+GRPO" not in label
+    assert kept_start_note(label) == "SFT only — GRPO kept step 0" and kept_start_note(res.labels["mrrec_sft"]) == ""
     assert report.build_report(res).table.loc[1, "System"] == label
     # A GRPO step that beat the start is a different policy: it is rolled out.
     write_policy_meta(grpo, base={"which": "sft"}, adapter=True, info={"best_step": 4})

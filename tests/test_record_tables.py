@@ -132,7 +132,8 @@ def test_grpo_table_replicates_set_the_run_to_run_spread(committed):
     # a row whose GRPO kept its start policy says so in the figure too, as in the table
     ticks = [t.get_text() for t in fig.get_axes()[0].get_yticklabels()]
     kept = rows[rows["label"].str.contains("GRPO kept step 0")]
-    assert len(kept) >= 1 and sum("GRPO kept step 0" in t for t in ticks) == len(kept)
+    assert len(kept) >= 1 and kept["kept_start"].str.endswith("GRPO kept step 0").all()
+    assert sum("GRPO kept step 0" in t for t in ticks) == len(kept) == (rows["kept_start"] != "").sum()
 
 
 def test_retriever_bars_are_the_recorded_comparison(committed):

@@ -111,6 +111,12 @@ def method_label(spec: SystemSpec, cfg: Config, kept_start: str | None = None) -
     }[spec.checkpoint]
 
 
+def kept_start_note(label: str) -> str:
+    """The "<start> — GRPO kept step 0" part of a `method_label` ("" for a policy GRPO trained): a record keeps only
+    the label, so a table built from records learns what the policy really is from it."""
+    return label.rsplit(", ", 1)[-1] if label.endswith(KEPT_STEP0) else ""
+
+
 def memory_label(spec: SystemSpec, cfg: Config) -> str:
     """The Table 1 'memory' column: for MR.Rec rows, the memory the policy was given in this run, so an ablation
     (trained, or applied at test time by `mrrec evaluate`) is never labelled as the full hierarchy."""

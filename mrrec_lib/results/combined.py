@@ -30,6 +30,7 @@ import yaml
 
 from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.stats import holm
+from mrrec_lib.eval.systems import kept_start_note
 from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
 from mrrec_lib.results.compare import SUBSETS, compare_records, select_subset
 from mrrec_lib.results.layout import read_config, read_eval_metrics, read_per_query
@@ -138,6 +139,7 @@ def combined_table(spec: TableSpec, results_dir: str | Path, subset: str = "all"
         cells = metric_cells(df, headline_column(df, cfg), cfg)
         label, memory = row_label(record, system)
         row: dict[str, Any] = {"row": f"{record.name}:{system}", "label": label, "memory": memory}
+        row["kept_start"] = kept_start_note(label)
         if spec.setting_keys:
             row["setting"] = _setting(cfg, ref_cfg, spec.setting_keys)
         row["replicate"] = (record.name, system) in spec.replicates

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.config import Config, changed_keys
-from mrrec_lib.eval.systems import KEPT_STEP0, SYSTEMS
+from mrrec_lib.eval.systems import SYSTEMS
 from mrrec_lib.results import seed_table
 from mrrec_lib.results.combined import (
     TableSpec,
@@ -94,8 +94,8 @@ def row_label(row: dict, reference_malformed: float) -> str:
     its policy really is when GRPO kept its start (never drawn as an RL-trained row), and its malformed share beside
     the reference's (the format effect, made visible)."""
     what = row["setting"] if row["setting"] != "—" else row["label"]
-    if KEPT_STEP0 in row["label"] and what != row["label"]:
-        what += f"\n{row['label'].rsplit(', ', 1)[-1]}"
+    if row["kept_start"] and what != row["label"]:
+        what += f"\n{row['kept_start']}"
     return f"{what}\n({row['malformed_rate']:.0%} malformed vs {reference_malformed:.0%})"
 
 
