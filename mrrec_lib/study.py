@@ -39,9 +39,10 @@ from mrrec_lib.results.partial import (
     partial_dir,
     restore_partial,
     save_partial,
+    saved_on,
     saved_rows,
 )
-from mrrec_lib.results.provenance import now_iso
+from mrrec_lib.results.provenance import cpu_model, now_iso
 from mrrec_lib.results.record import display_path
 from mrrec_lib.runs import STAGES, RunPaths, ablation_summary_file, read_json, resolve, write_json
 from mrrec_lib.study_cost import (
@@ -202,8 +203,9 @@ def execute(ab: Ablation, outputs: Path, results: Path, command: str | None, dea
     r = ablate.run_one(ab.files[0], ab.delta, only, outputs, ab.scale, deadline=deadline)
     if r["status"] != "ok":
         if changed := changed_inputs(outputs / ab.run, results):
-            print(f"[study] {ab.run}: rebuilt inputs differ from the session that saved its stage-05 rows, whose rows "
-                  f"of systems reading them were not reused: {', '.join(changed)}")
+            print(f"[study] {ab.run}: rebuilt inputs differ from the session that saved its stage-05 rows (CPU "
+                  f"{saved_on(results, ab.run)!r} then, {cpu_model()!r} now), so the rows of the systems reading them "
+                  f"were evaluated again: {', '.join(changed)}")
         if saved := save_partial(outputs / ab.run, results):
             print(f"[study] {ab.run}: stage-05 rows kept in {display_path(partial_dir(results, ab.run))}: "
                   + ", ".join(f"{stem} {n}" for stem, n in saved.items()))

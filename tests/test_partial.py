@@ -19,8 +19,10 @@ from mrrec_lib.results.partial import (
     partial_dir,
     restore_partial,
     save_partial,
+    saved_on,
     saved_rows,
 )
+from mrrec_lib.results.provenance import cpu_model
 from mrrec_lib.runs import RunPaths, append_jsonl, read_jsonl
 
 
@@ -98,8 +100,9 @@ def test_a_later_save_names_the_inputs_a_rebuild_changed(tmp_path):
     final.mkdir(parents=True)
     (final / "adapter_model.safetensors").write_bytes(b"w")
     (final / "trainer_state.json").write_text("{}")
-    assert changed_inputs(run.root, results) == []  # nothing saved yet: nothing to compare with
+    assert changed_inputs(run.root, results) == [] and saved_on(results, "r") == ""  # nothing saved yet
     save_partial(run.root, results)
+    assert saved_on(results, "r") == cpu_model()
     (run.memory / "parts" / "local_x.jsonl").write_text('{"seconds": 2.0}\n')
     (final / "trainer_state.json").write_text('{"train_runtime": 3}')
     assert changed_inputs(run.root, results) == []

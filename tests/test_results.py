@@ -125,7 +125,7 @@ def test_record_json_provenance(run, tmp_path):
     rec = read_json(dest / "record.json")
     run_cfg = load_config(run.config_file)
     assert rec["run"] == "r" and rec["run_command"] == "mrrec run params/x.yaml --record"
-    assert set(rec["machine"]) >= {"cpu_count", "torch_threads", "load_average"}
+    assert set(rec["machine"]) >= {"cpu_count", "torch_threads", "load_average", "cpu_model"} and rec["machine"]["cpu_model"]
     assert len(rec["machine"]["load_average"]) == 3
     assert rec["git"] is None or {"commit", "dirty"} <= set(rec["git"])
     for s in ("01", "02", "03", "04", "05"):

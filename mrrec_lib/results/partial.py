@@ -19,6 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
+from mrrec_lib.results.provenance import cpu_model
 from mrrec_lib.runs import RunPaths, atomic_write_bytes, atomic_write_text, file_digests, read_jsonl
 
 PARTIAL_DIR = "partial"
@@ -70,8 +71,15 @@ def changed_inputs(run_dir: Path, results: Path) -> list[str]:
     f = partial_dir(results, run_dir.name) / INPUTS_FILE
     if not f.exists():
         return []
-    before, now = json.loads(f.read_text()), input_digests(run_dir)
+    before, now = json.loads(f.read_text())["files"], input_digests(run_dir)
     return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
+def saved_on(results: Path, run: str) -> str:
+    """The CPU of the session that last saved the rows ("" if none): policies rebuild bit-identically only on the
+    same kind of CPU, so it is the first suspect when `changed_inputs` names a policy."""
+    f = partial_dir(results, run) / INPUTS_FILE
+    return json.loads(f.read_text()).get("cpu_model", "") if f.exists() else ""
 
 
 def save_partial(run_dir: Path, results: Path) -> dict[str, int]:
@@ -92,7 +100,8 @@ def save_partial(run_dir: Path, results: Path) -> dict[str, int]:
         if rows:
             saved[cache.stem] = max(len(rows), have)
     if saved:
-        atomic_write_text(dest.parent / INPUTS_FILE, json.dumps(input_digests(run_dir), indent=1, sort_keys=True))
+        inputs = {"cpu_model": cpu_model(), "files": input_digests(run_dir)}
+        atomic_write_text(dest.parent / INPUTS_FILE, json.dumps(inputs, indent=1, sort_keys=True))
     return saved
 
 

@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from mrrec_lib import stages
@@ -53,8 +54,21 @@ def machine(cfg: Config) -> dict[str, Any]:
         "torch_threads_from": "torch" if torch else "config num_threads (0: torch's default)",
         "load_average": list(os.getloadavg()),
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name: trained policies rebuild bit-identically only on the same kind of CPU (float kernels
+    differ), so a record says which one made it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def iso(timestamp: float) -> str:
