@@ -24,6 +24,7 @@ from mrrec_lib.results.partial import (
 )
 from mrrec_lib.results.provenance import cpu_model
 from mrrec_lib.runs import RunPaths, append_jsonl, read_jsonl
+from mrrec_lib.train.checkpoints import write_policy_meta
 
 
 def _rows(start: int, stop: int) -> list[dict]:
@@ -88,6 +89,12 @@ def test_fingerprints_follow_content_not_mtimes(tmp_path):
     assert system_fingerprint(spec, EvalContext(cfg, trained)) == before
     weights.write_bytes(b"weightz")  # same size, other bytes
     assert system_fingerprint(spec, EvalContext(cfg, trained)) != before
+    weights.write_bytes(b"weights")
+    assert system_fingerprint(spec, EvalContext(cfg, trained)) == before
+    write_policy_meta(trained.models / "grpo" / "final", base={"which": "sft"}, adapter=True, info={})
+    on_sft = system_fingerprint(spec, EvalContext(cfg, trained))
+    (trained.models / "sft" / "final" / "adapter_model.safetensors").write_bytes(b"sft-retrained")
+    assert system_fingerprint(spec, EvalContext(cfg, trained)) != on_sft  # GRPO's adapter sits on the SFT weights
 
 
 def test_a_later_save_names_the_inputs_a_rebuild_changed(tmp_path):

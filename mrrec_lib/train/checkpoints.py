@@ -92,13 +92,18 @@ _VOLATILE = ("trainer_state.json", "training_args.bin", POLICY_META)
 
 def policy_digest(d: Path) -> list[str]:
     """Content identity of a final policy folder: its weights, configs and tokenizer by hash, plus the model its
-    adapter sits on; timings and trainer bookkeeping are left out, so a bit-identical retraining in a later
+    adapter sits on (another stage's final policy by its own digest: GRPO's adapter means nothing without the
+    SFT weights under it); timings and trainer bookkeeping are left out, so a bit-identical retraining in a later
     session has the same identity (`eval.evaluate.system_fingerprint`)."""
     if not d.is_dir():
         return ["no-checkpoint"]
     files = [p for p in d.rglob("*") if p.is_file() and p.name not in _VOLATILE]
     meta = read_policy_meta(d) if (d / POLICY_META).exists() else {}
-    return [*file_digests(files, d.parent), json.dumps({k: meta.get(k) for k in ("base", "adapter")}, sort_keys=True)]
+    out = [*file_digests(files, d.parent), json.dumps({k: meta.get(k) for k in ("base", "adapter")}, sort_keys=True)]
+    under = (meta.get("base") or {}).get("which")
+    if under in STAGE_OF:
+        out += [f"{under}/{line}" for line in policy_digest(d.parent.parent / under / "final")]
+    return out
 
 
 def load_policy(cfg: Config, paths: RunPaths, which: Which = "sft", for_training: bool = False):
