@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from mrrec_lib.results.provenance import cpu_model
-from mrrec_lib.runs import RunPaths, atomic_write_bytes, atomic_write_text, file_digests, read_jsonl
+from mrrec_lib.runs import RunPaths, atomic_write_bytes, atomic_write_text, file_digest, read_jsonl
 
 PARTIAL_DIR = "partial"
 EVAL_LOGS = "05_eval"
@@ -53,17 +53,12 @@ def _saved_lines(chunks: list[tuple[int, Path]]) -> list[str]:
 
 def input_digests(run_dir: Path) -> dict[str, str]:
     """Content hash of each file stage 05 reads from the run folder: data, memory, published policies."""
-    from mrrec_lib.train.checkpoints import policy_digest
+    from mrrec_lib.train.checkpoints import policy_files
 
     paths = RunPaths(run_dir)
     files = [*paths.data.glob("*.parquet"), *paths.memory_files()]
-    out = dict(line.rsplit(":", 1) for line in file_digests(files, paths.root))
-    for final in sorted(paths.models.glob("*/final")):
-        for line in policy_digest(final):
-            if line.startswith("final/"):
-                rel, digest = line.rsplit(":", 1)
-                out[f"models/{final.parent.name}/{rel}"] = digest
-    return out
+    files += [p for final in sorted(paths.models.glob("*/final")) for p in policy_files(final)]
+    return {p.relative_to(paths.root).as_posix(): file_digest(p) for p in sorted(files)}
 
 
 def changed_inputs(run_dir: Path, results: Path) -> list[str]:

@@ -90,6 +90,11 @@ def policy_stamp(paths: RunPaths, which: str) -> str:
 _VOLATILE = ("trainer_state.json", "training_args.bin", POLICY_META)
 
 
+def policy_files(d: Path) -> list[Path]:
+    """The files of a final policy folder that determine what it computes (weights, configs, tokenizer)."""
+    return [p for p in d.rglob("*") if p.is_file() and p.name not in _VOLATILE] if d.is_dir() else []
+
+
 def policy_digest(d: Path) -> list[str]:
     """Content identity of a final policy folder: its weights, configs and tokenizer by hash, plus the model its
     adapter sits on (another stage's final policy by its own digest: GRPO's adapter means nothing without the
@@ -97,7 +102,7 @@ def policy_digest(d: Path) -> list[str]:
     session has the same identity (`eval.evaluate.system_fingerprint`)."""
     if not d.is_dir():
         return ["no-checkpoint"]
-    files = [p for p in d.rglob("*") if p.is_file() and p.name not in _VOLATILE]
+    files = policy_files(d)
     meta = read_policy_meta(d) if (d / POLICY_META).exists() else {}
     out = [*file_digests(files, d.parent), json.dumps({k: meta.get(k) for k in ("base", "adapter")}, sort_keys=True)]
     under = (meta.get("base") or {}).get("which")
