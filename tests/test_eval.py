@@ -99,9 +99,11 @@ class FakeLLM:
         return out
 
 
-def _ctx(tmp_path, queries=None, items=ITEMS, store=None, retrievers=None, **cfg_kw) -> tuple[EvalContext, dict]:
-    cfg = Config(outputs_dir=str(tmp_path), run_name="r", bootstrap_samples=200, **cfg_kw)
-    paths = RunPaths(tmp_path / "r").ensure()
+def _ctx(
+    tmp_path, queries=None, items=ITEMS, store=None, retrievers=None, run="r", **cfg_kw
+) -> tuple[EvalContext, dict]:
+    cfg = Config(outputs_dir=str(tmp_path), run_name=run, bootstrap_samples=200, **cfg_kw)
+    paths = RunPaths(tmp_path / run).ensure()
     retrievers = retrievers or {"dense": FakeRetriever(), "bm25": FakeRetriever()}
     ctx = EvalContext(
         cfg,
@@ -276,6 +278,25 @@ def test_results_are_cached_and_a_crashed_run_resumes(tmp_path):
     ctx5, _ = _ctx(tmp_path, llm_batch_size=4, naive_memory_n=3)
     evaluate_systems(ctx5.cfg, ctx5.paths, ["zeroshot_none"], context=ctx5, progress=False)
     assert len(ctx5.llm.conversations) == 10
+
+
+def test_a_run_takes_the_rows_a_sibling_run_computed_under_the_same_fingerprint(tmp_path):
+    ctx, _ = _ctx(tmp_path, llm_batch_size=4)
+    first = evaluate_systems(ctx.cfg, ctx.paths, ["zeroshot_none"], context=ctx, progress=False)
+    assert first.adopted == {}
+    (ctx.paths.logs / "05_eval" / "zeroshot_none-partial.jsonl").write_text("{}\n")  # another name: never read
+    ctx2, _ = _ctx(tmp_path, run="s", llm_batch_size=4)
+    other = ctx2.paths
+    res = evaluate_systems(ctx2.cfg, other, ["zeroshot_none"], context=ctx2, progress=False)
+    assert ctx2.llm.conversations == [] and res.adopted == {"zeroshot_none": {"r": 10}}
+    assert res.per_query["rank"].tolist() == first.per_query["rank"].tolist()
+    assert len(next((other.logs / "05_eval").glob("zeroshot_none-*.jsonl")).read_text().splitlines()) == 10
+    # Different inputs (here this run's own data) change the fingerprint: nothing is taken.
+    ctx3, _ = _ctx(tmp_path, run="t", llm_batch_size=4)
+    third = ctx3.paths
+    (third.data / "items.parquet").write_bytes(b"other items")
+    res3 = evaluate_systems(ctx3.cfg, third, ["zeroshot_none"], context=ctx3, progress=False)
+    assert len(ctx3.llm.conversations) == 10 and res3.adopted == {}
 
 
 def test_missing_checkpoint_is_reported_not_dropped(tmp_path):

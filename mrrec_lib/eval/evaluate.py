@@ -6,7 +6,10 @@ to `logs/05_eval/<system>-<fingerprint>.jsonl` batch by batch: a crashed or
 interrupted evaluation resumes where it stopped, and a rerun with unchanged
 inputs does no work. The fingerprint covers the config keys and the input files
 (data, memory, checkpoint) the system reads, so retraining a policy or
-rebuilding memory never reuses stale results.
+rebuilding memory never reuses stale results. For the same reason a run takes
+the rows another run in the same outputs folder saved under the same name
+(`adopt_sibling_rows`): a GRPO-seed ablation shares the base run's SFT policy, so
+its SFT answers are the base run's, and `EvalResult.adopted` says so.
 
 A system whose inputs are missing (an upstream stage that did not run, e.g. no
 Rec-R1 checkpoint) is not dropped: it is listed in `EvalResult.missing` with the
@@ -72,6 +75,7 @@ class EvalResult:
     per_query: pd.DataFrame  # one row per (system, qid): rank, metric columns, latency, memory tokens, texts
     missing: dict[str, str] = field(default_factory=dict)
     reused: dict[str, str] = field(default_factory=dict)  # system -> the system whose identical policy it shares
+    adopted: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> {run: rows taken from its cache}
     labels: dict[str, str] = field(default_factory=dict)  # system -> Table 1 label (what the row really is)
     covered_categories: list[str] = field(default_factory=list)  # categories the distractor catalogs add items to
 
@@ -183,19 +187,48 @@ def _result_row(spec: SystemSpec, out: SystemOutput, ranked: dict, n_history: in
     return {**asdict(out), **ranked, "system": spec.name, "n_history": n_history, "latency_s": latency}
 
 
+def adopt_sibling_rows(cache: Path, done: dict[str, dict], wanted: set[str]) -> dict[str, int]:
+    """Take into `cache` the wanted rows that runs beside this one saved under the same cache name.
+
+    The name carries `system_fingerprint`, which covers everything a row depends on (data, memory and policy by
+    content, the stage hash, the output-relevant eval keys), so such a row is the answer this run would compute:
+    an ablation that shares the base run's SFT policy (a GRPO seed) does not generate its SFT answers again.
+    Returns {run: rows taken}, so the caller can say where they came from.
+    """
+    run_root = cache.parents[2]
+    taken: dict[str, int] = {}
+    for other in sorted(run_root.parent.glob(f"*/logs/05_eval/{cache.name}")):
+        if other.parents[2] == run_root:
+            continue
+        rows = [r for r in read_jsonl(other) if str(r["qid"]) in wanted and str(r["qid"]) not in done]
+        if rows:
+            append_jsonl(cache, rows)
+            done.update({str(r["qid"]): r for r in rows})
+            taken[other.parents[2].name] = len(rows)
+    return taken
+
+
 def run_system(
     spec: SystemSpec,
     ctx: EvalContext,
     queries: pd.DataFrame,
     factory: RunnerFactory,
     progress: bool = True,
+    adopted: dict[str, int] | None = None,
 ) -> list[dict]:
-    """Per-query result rows of one system, computing only the queries not already in its cache file."""
+    """Per-query result rows of one system, computing only the queries not already in its cache file.
+
+    Rows another run computed under the same fingerprint are taken first (`adopt_sibling_rows`); `adopted`, if
+    given, receives {run: rows taken}.
+    """
     cache = cache_path(ctx.paths, spec, system_fingerprint(spec, ctx))
     done = {str(r["qid"]): r for r in read_jsonl(cache)}
     if cache.exists() and not cache.read_bytes().endswith(b"\n"):
         # A torn last line (killed mid-write) would swallow the next appended row: keep only complete rows.
         atomic_write_text(cache, "".join(json.dumps(r) + "\n" for r in done.values()))
+    taken = adopt_sibling_rows(cache, done, set(queries["qid"].astype(str)))
+    if adopted is not None:
+        adopted.update(taken)
     todo = queries[~queries["qid"].astype(str).isin(done)]
     if len(todo):
         runner = factory(spec, ctx)
@@ -320,6 +353,7 @@ def evaluate_systems(
     rows: dict[str, list[dict]] = {}
     missing: dict[str, str] = {}
     reused: dict[str, str] = {}
+    adopted: dict[str, dict[str, int]] = {}
     labels = {spec.name: method_label(spec, cfg, kept_start(spec, ctx)) for spec in specs}
     for spec in specs:
         same = unchanged_policy(spec, ctx)
@@ -330,9 +364,12 @@ def evaluate_systems(
             continue
         factory = factories.get(spec.name) or factories[spec.kind]
         try:
-            rows[spec.name] = run_system(spec, ctx, queries, factory, progress=progress)
+            taken: dict[str, int] = {}
+            rows[spec.name] = run_system(spec, ctx, queries, factory, progress=progress, adopted=taken)
+            if taken:
+                adopted[spec.name] = taken
         except MissingStageError as e:
             missing[spec.name] = str(e)
             log.warning("system %s not run: %s", spec.name, e)
     frame = per_query_frame([r for rs in rows.values() for r in rs], queries, cfg)
-    return EvalResult(cfg, specs, queries, frame, missing, reused, labels, ctx.covered_categories)
+    return EvalResult(cfg, specs, queries, frame, missing, reused, adopted, labels, ctx.covered_categories)
