@@ -8,8 +8,9 @@ inputs does no work. The fingerprint covers the config keys and the input files
 (data, memory, checkpoint) the system reads, so retraining a policy or
 rebuilding memory never reuses stale results. For the same reason a run takes
 the rows another run in the same outputs folder saved under the same name
-(`adopt_sibling_rows`): a GRPO-seed ablation shares the base run's SFT policy, so
-its SFT answers are the base run's, and `EvalResult.adopted` says so.
+(`adopt_sibling_rows`, listed in `EvalResult.adopted`): `mrrec evaluate` on a
+trained run's policies, or a second run of the zero-shot rows, does not decode
+answers that already exist.
 
 A system whose inputs are missing (an upstream stage that did not run, e.g. no
 Rec-R1 checkpoint) is not dropped: it is listed in `EvalResult.missing` with the
@@ -192,7 +193,8 @@ def adopt_sibling_rows(cache: Path, done: dict[str, dict], wanted: set[str]) -> 
 
     The name carries `system_fingerprint`, which covers everything a row depends on (data, memory and policy by
     content, the stage hash, the output-relevant eval keys), so such a row is the answer this run would compute:
-    an ablation that shares the base run's SFT policy (a GRPO seed) does not generate its SFT answers again.
+    `mrrec evaluate` on a trained run's policies, or an 801-request run after a 320-request one (the request
+    count is not part of the fingerprint), takes them instead of decoding them again.
     Returns {run: rows taken}, so the caller can say where they came from.
     """
     run_root = cache.parents[2]
