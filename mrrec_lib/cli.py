@@ -182,6 +182,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agree(args: argparse.Namespace) -> int:
+    from mrrec_lib.results.agreement import format_agreement, row_agreement
+    from mrrec_lib.runs import resolve, write_json
+
+    results = resolve(args.results_dir)
+    result = row_agreement(results / args.a, results / args.b, args.system or None)
+    print(format_agreement(result))
+    if args.out:
+        write_json(resolve(args.out), {"command": args.command_line, **result})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mrrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -351,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--results-dir", default="results")
     d.add_argument("--out", default="", help="also write the result as JSON here")
     d.set_defaults(func=_cmd_compare)
+
+    g = sub.add_parser(
+        "agree",
+        help="how many rows of each system two records of the same requests and pool share exactly",
+        description="Per system recorded in both: equal malformed flags and ranks of every scoring setting on the "
+        "shared requests, and each record's headline means; names the stage hashes the records differ in.",
+    )
+    g.add_argument("a", help="a record's run name, e.g. default")
+    g.add_argument("b", help="another record's run name, e.g. default-zeroshot-801")
+    g.add_argument("--system", nargs="+", default=[], help="only these systems (default: all both recorded)")
+    g.add_argument("--results-dir", default="results")
+    g.add_argument("--out", default="", help="also write the result as JSON here")
+    g.set_defaults(func=_cmd_agree)
     return p
 
 

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -363,6 +364,54 @@ def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tm
     assert read_json(out)["tests"][0]["diff"] == pytest.approx(result["tests"][0]["diff"])
     assert main(["compare", "r", "r:mrrec", "--results-dir", results]) == 2
     assert "RUN:SYSTEM" in capsys.readouterr().err
+
+
+def test_row_agreement_counts_equal_rows_per_system_and_refuses_other_pools(run, tmp_path, capsys):
+    from mrrec_lib.results.agreement import row_agreement
+    from mrrec_lib.results.compare import IncomparableRecordsError
+
+    dest = record_run(run.root, tmp_path / "results")
+    twin = tmp_path / "results" / "twin"
+    twin.mkdir()
+    for name in ("config.yaml", "stages.json"):
+        (twin / name).write_bytes((dest / name).read_bytes())
+    rows = read_per_query(dest)
+    changed = rows.copy()
+    mrrec = changed.index[changed["system"] == "mrrec"]
+    found = mrrec[np.isfinite(changed.loc[mrrec, "rank_excl"])]
+    assert len(found) >= 2
+    changed.loc[found[:2], ["rank", "rank_excl"]] += 1  # two answers ranked their target one place lower ...
+    other = mrrec.difference(found[:2])
+    changed.loc[other[0], "malformed"] = not changed.loc[other[0], "malformed"]  # ... one parsed differently ...
+    changed = changed.drop(other[-1])  # ... and one request the twin never scored
+    changed.to_csv(twin / "per_query.csv.gz", index=False)
+    hashes = json.loads((twin / "stages.json").read_text())
+    hashes["04"]["hash"] = "f" * 16
+    (twin / "stages.json").write_text(json.dumps(hashes))
+
+    result = row_agreement(dest, twin)
+    assert result["stages_differ"] == ["04"]
+    by = {r["system"]: r for r in result["systems"]}
+    assert set(by) == set(rows["system"])
+    n = len(mrrec)
+    assert by["mrrec"]["shared"] == n - 1 and by["mrrec"]["requests_a"] == n
+    assert by["mrrec"]["rank_excl_equal"] == n - 3 and by["mrrec"]["rank_keep_equal"] == n - 1
+    assert by["mrrec"]["malformed_equal"] == n - 2
+    dense = by["query_dense"]
+    assert dense["rank_excl_equal"] == dense["malformed_equal"] == dense["shared"] == dense["requests_b"]
+    assert dense["N@100_a"] == dense["N@100_b"] and by["mrrec"]["N@100_a"] != by["mrrec"]["N@100_b"]
+    assert [r["system"] for r in row_agreement(dest, twin, ["mrrec"])["systems"]] == ["mrrec"]
+    with pytest.raises(KeyError, match="'nope'.*not recorded in both"):
+        row_agreement(dest, twin, ["nope"])
+    hashes["02"]["hash"] = "f" * 16
+    (twin / "stages.json").write_text(json.dumps(hashes))
+    with pytest.raises(IncomparableRecordsError, match="differ in stage 02"):
+        row_agreement(dest, twin)
+    out = tmp_path / "agree.json"
+    assert main(["agree", "r", "r", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert "r (a) vs r (b): same requests and pool; stage hashes that differ: none" in capsys.readouterr().out
+    assert all(s["rank_excl_equal"] == s["shared"] for s in read_json(out)["systems"])
+    assert main(["agree", "r", "twin", "--results-dir", str(tmp_path / "results")]) == 2
 
 
 @pytest.mark.skipif(
