@@ -114,20 +114,26 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _eval_seconds(cfg: Config, n_eval: int, items: int, tp: dict, rec: RecordedCosts, measured: bool) -> tuple[float, str]:
-    """Stage 05: each system's measured seconds per request where the records have it, else generated tokens."""
+def _eval_seconds_per_request(
+    cfg: Config, n_eval: int, items: int, tp: dict, rec: RecordedCosts, measured: bool
+) -> tuple[dict[str, float], str]:
+    """Stage 05 per system, in seconds per request: the records' measurement where they have one, else generated
+    tokens at benchmark speed, plus every system's exact search. Per system, so that a paused evaluation is priced
+    by the rows each system still lacks (`study_cost.resumed_seconds`)."""
     qps, llm_tps = tp["exact_search_qps"]["value"], tp["llm_tokens_per_s"]["value"]
-    seconds, from_records = n_eval * len(cfg.eval_systems) / qps * (items / C4_ITEMS), []
+    search = 1 / qps * (items / C4_ITEMS)
+    per_request, from_records = {}, []
     for system in cfg.eval_systems:
+        per_request[system] = search
         if measured and system in rec.seconds_per_request:
-            seconds += n_eval * rec.seconds_per_request[system]
+            per_request[system] += rec.seconds_per_request[system]
             from_records.append(system)
         elif not system.startswith(("query_", "template_")):
-            seconds += n_eval * cfg.max_new_tokens_total / llm_tps
+            per_request[system] += cfg.max_new_tokens_total / llm_tps
     if not from_records:
-        return seconds, "benchmarks"
+        return per_request, "benchmarks"
     rest = len(cfg.eval_systems) - len(from_records)
-    return seconds, f"records' s/request of {len(from_records)} systems" + (f", benchmarks for {rest}" if rest else "")
+    return per_request, f"records' s/request of {len(from_records)} systems" + (f", benchmarks for {rest}" if rest else "")
 
 
 def estimate(params: list[str | Path], results_dir: str | Path | None = None) -> dict:
@@ -187,7 +193,8 @@ def estimate(params: list[str | Path], results_dir: str | Path | None = None) ->
     n_test = s.test_queries or cfg.split_test_queries or int(s.queries * cfg.split_ratios[2] / sum(cfg.split_ratios))
     n_eval = min(cfg.eval_max_queries, n_test) if cfg.eval_max_queries > 0 else n_test
     llm_systems = sum(1 for x in cfg.eval_systems if not x.startswith(("query_", "template_")))
-    eval_seconds, eval_basis = _eval_seconds(cfg, n_eval, s.items, tp, rec, measured)
+    eval_per_request, eval_basis = _eval_seconds_per_request(cfg, n_eval, s.items, tp, rec, measured)
+    eval_seconds = n_eval * sum(eval_per_request.values())
     rows.append({"stage": "05 eval", "input_tokens": n_eval * llm_systems * TOKENS["rollout_prompt"],
                  "output_tokens": n_eval * llm_systems * cfg.max_new_tokens_total, "seconds": eval_seconds, "bytes": 0,
                  "basis": eval_basis})
@@ -198,7 +205,8 @@ def estimate(params: list[str | Path], results_dir: str | Path | None = None) ->
             if found is not None:
                 row["seconds"], row["basis"] = found[0], f"measured: results/{found[1]} (same stage hash)"
     return {"config": [str(p) for p in params], "sizes": s.__dict__, "encoder_dim": dim, "device": cfg.device,
-            "measured_on": tp.get("machine", "this machine"), "records": rec.runs, "rows": rows}
+            "measured_on": tp.get("machine", "this machine"), "records": rec.runs, "rows": rows,
+            "eval_work": {"requests": n_eval, "seconds_per_request": eval_per_request}}
 
 
 def format_estimate(est: dict) -> str:

@@ -149,11 +149,12 @@ def record_state(ab: Ablation, results: Path, retry_failed: bool) -> tuple[str, 
 
 def paused_note(ab: Ablation, paused: dict[str, dict[str, Paused]]) -> str:
     """What an earlier `partial` invocation left in outputs/<run> (`paused_stages`): the stage it paused in under
-    this ablation's config, the time spent and the checkpoint it resumes from."""
+    this ablation's config, the time spent and the checkpoint or per-request rows it resumes from."""
     mine = [(s, p) for s, p in sorted(paused.get(ab.run, {}).items()) if p.hash == stages.stage_hash(ab.cfg, s)]
     return "; ".join(
         f"stage {s} paused after {p.seconds / 60:.0f} min"
         + (f" at step {p.steps[0]} of {p.steps[1]}" if p.steps else "")
+        + (f" with {sum(p.rows.values())} per-request rows logged" if p.rows else "")
         + ", resumes"
         for s, p in mine
     )

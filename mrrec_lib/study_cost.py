@@ -7,8 +7,9 @@ stage prefix of any other run (`ablate.seed_from_donor`). Runs queued earlier in
 finished, because they will be by the time a later one starts, and a run whose stage 05 trains the Rec-R1
 companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04. A stage that an
 earlier `--partial` invocation paused at its deadline resumes from its checkpoints, so its price is reduced: a
-training stage by the share of its steps its newest checkpoint holds, any other by the time it already spent
-(`resumed_seconds`).
+training stage by the share of its steps its newest checkpoint holds, the evaluation by the share of its work the
+per-request rows already logged hold (each system's rows weighted by its seconds per request), any other by the
+time it already spent (`resumed_seconds`).
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
 rough, so once the base run has measured a stage with the base params, that measurement sets the scale
@@ -38,12 +39,19 @@ COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companio
 RESUME_FLOOR = 0.5
 
 StageSeconds = Callable[[tuple[Path, ...]], dict[str, float]]
+EvalWork = tuple[int, dict[str, float]]  # requests each system scores, and its seconds per request
 Hashes = dict[str, str]
 
 
 def estimated_seconds(files: tuple[Path, ...]) -> dict[str, float]:
     """`mrrec estimate`'s seconds per stage ("01".."05") for the merged params `files`."""
     return {row["stage"][:2]: float(row["seconds"]) for row in estimate(list(files))["rows"]}
+
+
+def estimated_eval_work(files: tuple[Path, ...]) -> EvalWork:
+    """`mrrec estimate`'s stage-05 work for the merged params `files`: requests, and seconds per request by system."""
+    work = estimate(list(files))["eval_work"]
+    return int(work["requests"]), {k: float(v) for k, v in work["seconds_per_request"].items()}
 
 
 def calibrate(est: float, est_base: float, measured: float | None) -> float:
@@ -95,11 +103,13 @@ def finished_stages(outputs: Path) -> dict[str, Hashes]:
 
 class Paused(NamedTuple):
     """A stage paused at a deadline: the config it ran under, its wall time so far and, for a training stage, the
-    newest checkpoint's step and the trainer's step budget (`checkpoint_steps`)."""
+    newest checkpoint's step and the trainer's step budget (`checkpoint_steps`); for the evaluation, the rows
+    each system has logged (`logged_rows`)."""
 
     hash: str
     seconds: float
     steps: tuple[int, int] | None = None
+    rows: dict[str, int] | None = None
 
 
 def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
@@ -115,6 +125,17 @@ def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
     return max(found) if found else None
 
 
+def logged_rows(paths: RunPaths) -> dict[str, int]:
+    """Per system, the per-request rows of its newest stage-05 log (`logs/05_eval/<system>-<fingerprint>.jsonl`),
+    which a resumed evaluation keeps; an older log of the same system was written under another fingerprint."""
+    newest: dict[str, Path] = {}
+    for log in sorted((paths.logs / "05_eval").glob("*-*.jsonl")):
+        system = log.stem.rsplit("-", 1)[0]
+        if system not in newest or log.stat().st_mtime > newest[system].stat().st_mtime:
+            newest[system] = log
+    return {system: sum(1 for line in log.open() if line.strip()) for system, log in newest.items()}
+
+
 def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
     """Per run folder under outputs/, each stage paused at a deadline."""
     if not outputs.exists():
@@ -124,21 +145,32 @@ def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
         paths = RunPaths(folder)
         if found := stages.read_paused(paths):
             out[folder.name] = {
-                s: Paused(p["hash"], float(p["seconds"]), checkpoint_steps(paths, s)) for s, p in found.items()
+                s: Paused(
+                    p["hash"], float(p["seconds"]), checkpoint_steps(paths, s), logged_rows(paths) if s == "05" else None
+                )
+                for s, p in found.items()
             }
     return out
 
 
-def resumed_seconds(price: float, paused: Paused) -> float:
+def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) -> float:
     """What is left of a stage priced `price` that was paused.
 
     A trainer checkpoint measures a training stage's progress in steps (the graceful stop saves one at the step it
-    stops at), so the rest is priced as the share of steps left. Without one, the price less the time already spent,
-    never below `RESUME_FLOOR` of it.
+    stops at), so the rest is priced as the share of steps left. An evaluation's logged rows measure its progress
+    given `work` (requests per system, seconds per request): the rest is the share of weighted rows left, since a
+    query row costs milliseconds and a policy row seconds. Otherwise, the price less the time already spent, never
+    below `RESUME_FLOOR` of it.
     """
     if paused.steps is not None:
         step, max_steps = paused.steps
         return price * max(0.0, 1.0 - step / max_steps)
+    if paused.rows is not None and work is not None:
+        requests, per_request = work
+        total = requests * sum(per_request.values())
+        if total > 0:
+            left = sum(max(0, requests - paused.rows.get(s, 0)) * sec for s, sec in per_request.items())
+            return price * left / total
     return max(price - paused.seconds, RESUME_FLOOR * price)
 
 
@@ -192,9 +224,11 @@ class CostModel:
     base_run: str
     outputs: Path
     results: Path
+    work: Callable[[tuple[Path, ...]], EvalWork] = estimated_eval_work  # weighs a paused evaluation's logged rows
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[Path, ...], dict[str, float]] = {}
+        self._work: dict[tuple[Path, ...], EvalWork] = {}
         self.base_hashes = stage_hashes(load_config(*self.base_files))
         self.refresh()
 
@@ -209,6 +243,11 @@ class CostModel:
     def stage_seconds(self, files: tuple[Path, ...]) -> dict[str, float]:
         est, base = self._raw(files), self._raw(self.base_files)
         return {s: calibrate(est.get(s, 0.0), base.get(s, 0.0), self.measured.get(s)) for s in STAGE_ORDER}
+
+    def eval_work(self, files: tuple[Path, ...]) -> EvalWork:
+        if files not in self._work:
+            self._work[files] = self.work(files)
+        return self._work[files]
 
 
 @dataclass(frozen=True)
@@ -234,7 +273,7 @@ def plan(
         per_stage = model.stage_seconds(job.files)
         for s, p in (paused or {}).get(job.run, {}).items():
             if s in todo and p.hash == job.hashes[s]:
-                per_stage[s] = resumed_seconds(per_stage[s], p)
+                per_stage[s] = resumed_seconds(per_stage[s], p, model.eval_work(job.files) if p.rows else None)
         seconds = sum(per_stage[s] for s in todo)
         labels = list(todo)
         if job.companion and "05" in todo:

@@ -8,6 +8,7 @@ arithmetic below is exact.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,8 +185,8 @@ def test_a_paused_stage_is_priced_less_its_spent_time_under_its_own_hash_only(tm
     write_json(tmp_path / "abl-other" / "paused.json", {"04": {"hash": "not-this-config", "seconds": 60.0}})
     paused = study_cost.paused_stages(tmp_path)
     assert paused == {
-        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None)},
-        "abl-other": {"04": ("not-this-config", 60.0, None)},
+        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None, None)},
+        "abl-other": {"04": ("not-this-config", 60.0, None, None)},
     }
     assert study_cost.paused_stages(tmp_path / "missing") == {}
 
@@ -199,6 +200,37 @@ def test_a_paused_stage_is_priced_less_its_spent_time_under_its_own_hash_only(tm
     assert cost("04", "h04", 900.0) == pytest.approx(1200.0 + 600.0 * study_cost.RESUME_FLOOR)  # overran its price
     assert cost("04", "other", 180.0) == cost("02", "h02", 180.0) == 1800.0  # another config's pause; a reused stage
     assert cost("04", "h04", 900.0, (18, 20)) == pytest.approx(1200.0 + 60.0)  # the checkpoint, not the time, counts
+
+
+def test_a_paused_evaluation_is_priced_by_the_weighted_rows_each_system_still_lacks(tmp_path):
+    from mrrec_lib.runs import RunPaths, append_jsonl
+
+    run = RunPaths(tmp_path / "abl-topk_1")
+    logs = run.logs / "05_eval"
+    logs.mkdir(parents=True)
+    append_jsonl(logs / "query_dense-aaaaaaaaaaaa.jsonl", [{"qid": f"q{i}"} for i in range(10)])
+    append_jsonl(logs / "mrrec-bbbbbbbbbbbb.jsonl", [{"qid": f"q{i}"} for i in range(2)])
+    older = logs / "mrrec-cccccccccccc.jsonl"  # another fingerprint's log, written before: not this evaluation's
+    append_jsonl(older, [{"qid": f"q{i}"} for i in range(9)])
+    os.utime(older, (1.0, 1.0))
+    assert study_cost.logged_rows(run) == {"query_dense": 10, "mrrec": 2}
+    cfg = load_config(base_params(tmp_path, companion=False), _topk(tmp_path, 1))
+    stages.record_pause(run, "05", cfg, 1000.0)
+    stages.record_pause(run, "04", cfg, 10.0)
+    paused = study_cost.paused_stages(tmp_path)["abl-topk_1"]
+    assert paused["05"].rows == {"query_dense": 10, "mrrec": 2} and paused["04"].rows is None
+    note = study.paused_note(SimpleNamespace(run="abl-topk_1", cfg=cfg), study_cost.paused_stages(tmp_path))
+    assert note == "stage 04 paused after 0 min, resumes; stage 05 paused after 17 min with 12 per-request rows logged, resumes"
+
+    # query rows cost 0.01 s, policy rows 1 s: 10 of 10 query rows and 2 of 10 policy rows leave 8 s of 10.1 s
+    work = (10, {"query_dense": 0.01, "mrrec": 1.0})
+    flat = SimpleNamespace(stage_seconds=lambda files: dict.fromkeys(study_cost.STAGE_ORDER, 600.0),
+                           eval_work=lambda files: work)
+    job = study_cost.Job("abl-topk_1", (), {"05": "h05"})
+    resumed = study_cost.plan([job], {}, flat, {"abl-topk_1": {"05": paused["05"]._replace(hash="h05")}})[0]
+    assert resumed.seconds == pytest.approx(600.0 * 8.0 / 10.1)  # not 600 - 1000 s spent, floored at 300
+    assert study_cost.resumed_seconds(600.0, paused["05"], (10, {"mrrec": 0.0})) == 300.0  # no weight: time floor
+    assert study_cost.resumed_seconds(600.0, paused["05"]) == 300.0
 
 
 def test_a_paused_training_stage_reports_its_newest_complete_checkpoint(tmp_path):
