@@ -165,7 +165,7 @@ def _cmd_check_record(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from mrrec_lib.results.compare import compare_records, format_comparison
-    from mrrec_lib.runs import resolve, write_json
+    from mrrec_lib.runs import resolve
 
     sides = []
     for spec in (args.a, args.b):
@@ -175,20 +175,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         sides.append((resolve(args.results_dir) / run, system))
     (a, sa), (b, sb) = sides
     result = compare_records(a, sa, b, sb, tuple(args.metric), subset=args.subset, b_format=args.b_format)
-    print(format_comparison(result))
-    if args.out:
-        write_json(resolve(args.out), {"command": args.command_line, **result})
-        print(f"wrote {args.out}")
-    return 0
+    return _report(args, format_comparison(result), result)
 
 
 def _cmd_agree(args: argparse.Namespace) -> int:
     from mrrec_lib.results.agreement import format_agreement, row_agreement
-    from mrrec_lib.runs import resolve, write_json
+    from mrrec_lib.runs import resolve
 
     results = resolve(args.results_dir)
     result = row_agreement(results / args.a, results / args.b, args.system or None)
-    print(format_agreement(result))
+    return _report(args, format_agreement(result), result)
+
+
+def _report(args: argparse.Namespace, text: str, result: dict) -> int:
+    """Print a record query's result and, with `--out`, keep it as JSON beside the command that made it."""
+    from mrrec_lib.runs import resolve, write_json
+
+    print(text)
     if args.out:
         write_json(resolve(args.out), {"command": args.command_line, **result})
         print(f"wrote {args.out}")
