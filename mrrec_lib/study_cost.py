@@ -27,7 +27,7 @@ from mrrec_lib import runner, stages
 from mrrec_lib.ablate import STAGE_ARTEFACTS
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.estimate import estimate
-from mrrec_lib.runs import RunPaths, read_json, resolve
+from mrrec_lib.runs import RunPaths, read_json, read_jsonl, resolve
 from mrrec_lib.train.checkpoints import STAGE_OF, checkpoints_dir, trainer_state
 
 STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
@@ -133,7 +133,7 @@ def logged_rows(paths: RunPaths) -> dict[str, int]:
         system = log.stem.rsplit("-", 1)[0]
         if system not in newest or log.stat().st_mtime > newest[system].stat().st_mtime:
             newest[system] = log
-    return {system: sum(1 for line in log.open() if line.strip()) for system, log in newest.items()}
+    return {system: len(read_jsonl(log)) for system, log in newest.items()}
 
 
 def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:

@@ -17,20 +17,12 @@ import numpy as np
 import pandas as pd
 
 from mrrec_lib.eval.metrics import metrics_from_ranks
-from mrrec_lib.eval.protocol import PAIRED_METRICS, settings
-from mrrec_lib.results.compare import IncomparableRecordsError
-from mrrec_lib.results.layout import STAGES_FILE, read_config, read_per_query
+from mrrec_lib.eval.protocol import PAIRED_METRICS, headline, settings
+from mrrec_lib.results.compare import IncomparableRecordsError, check_same_requests, check_same_rule
+from mrrec_lib.results.layout import read_config, read_per_query, read_stage_hashes
 from mrrec_lib.results.recompute import headline_column
-from mrrec_lib.runs import read_json
 
 _SAME_INPUTS = ("01", "02")  # the requests, their targets and the pool every row was ranked against
-
-
-def _stage_hashes(record: Path) -> dict[str, str]:
-    path = record / STAGES_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {record} is not a record (see `mrrec record`)")
-    return {stage: entry["hash"] for stage, entry in read_json(path).items()}
 
 
 def _system_rows(rows: pd.DataFrame, system: str) -> pd.DataFrame:
@@ -39,9 +31,7 @@ def _system_rows(rows: pd.DataFrame, system: str) -> pd.DataFrame:
 
 def _agreement(ra: pd.DataFrame, rb: pd.DataFrame, cfg: Any, column_a: str, column_b: str) -> dict[str, Any]:
     common = ra.index.intersection(rb.index)
-    moved = [c for c in ("user_id", "target_item_id") if (ra.loc[common, c] != rb.loc[common, c]).any()]
-    if moved:
-        raise IncomparableRecordsError(f"shared request ids have a different {', '.join(moved)} in the two records")
+    check_same_requests(ra, rb, common)
     a, b = ra.loc[common], rb.loc[common]
     out: dict[str, Any] = {"shared": len(common)}
     if "malformed" in a and "malformed" in b:
@@ -64,7 +54,7 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
     pool, or scored a different headline setting.
     """
     a, b = Path(a), Path(b)
-    ha, hb = _stage_hashes(a), _stage_hashes(b)
+    ha, hb = read_stage_hashes(a), read_stage_hashes(b)
     for stage in _SAME_INPUTS:
         if ha.get(stage) is None or ha.get(stage) != hb.get(stage):
             raise IncomparableRecordsError(
@@ -72,8 +62,7 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
                 "or pool, so their rows cannot be matched"
             )
     cfg_a, cfg_b = read_config(a), read_config(b)
-    if settings(cfg_a)[0].column != settings(cfg_b)[0].column or cfg_a.eval_ks != cfg_b.eval_ks:
-        raise IncomparableRecordsError(f"{a} and {b} score by different headline settings or eval_ks")
+    check_same_rule(a, cfg_a, b, cfg_b)
     rows_a, rows_b = read_per_query(a), read_per_query(b)
     both = sorted(set(rows_a["system"]) & set(rows_b["system"]))
     chosen = systems or both
@@ -90,7 +79,7 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
         "a": a.name,
         "b": b.name,
         "stages_differ": [s for s in stages if ha.get(s) != hb.get(s)],
-        "setting": settings(cfg_a)[0].column,
+        "setting": headline(cfg_a).column,
         "systems": per_system,
     }
 

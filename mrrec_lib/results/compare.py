@@ -24,9 +24,8 @@ from mrrec_lib.eval.metrics import metrics_from_ranks
 from mrrec_lib.eval.protocol import PAIRED_METRICS, headline
 from mrrec_lib.eval.stats import holm, paired_cluster_test
 from mrrec_lib.eval.systems import SYSTEMS
-from mrrec_lib.results.layout import read_config, read_per_query
+from mrrec_lib.results.layout import read_config, read_per_query, read_stage_hashes
 from mrrec_lib.results.recompute import headline_column
-from mrrec_lib.runs import read_json
 from mrrec_lib.stages import first_stage, stage_keys
 
 _SAME_REQUEST = ("user_id", "target_item_id")
@@ -56,10 +55,28 @@ def _rows(record: Path, system: str) -> tuple[pd.DataFrame, Any]:
 
 
 def _stage_hash(record: Path, stage: str) -> str:
-    stages = read_json(record / "stages.json")
+    stages = read_stage_hashes(record)
     if stage not in stages:
         raise IncomparableRecordsError(f"{record}: stage {stage} is not recorded, so its pool cannot be checked")
-    return stages[stage]["hash"]
+    return stages[stage]
+
+
+def check_same_rule(a: Path, cfg_a: Any, b: Path, cfg_b: Any) -> None:
+    """Refuse records whose rows were scored by another headline setting or other cut-offs."""
+    if headline(cfg_a).column != headline(cfg_b).column:
+        raise IncomparableRecordsError(
+            f"headline settings differ: {a} scores `{headline(cfg_a).column}`, {b} `{headline(cfg_b).column}`"
+        )
+    if cfg_a.eval_ks != cfg_b.eval_ks:
+        raise IncomparableRecordsError(f"eval_ks differ: {cfg_a.eval_ks} vs {cfg_b.eval_ks}")
+
+
+def check_same_requests(ra: pd.DataFrame, rb: pd.DataFrame, common: pd.Index) -> None:
+    """Refuse shared request ids (rows indexed by qid) that name another user or target in the two records."""
+    for col in _SAME_REQUEST:
+        differ = (ra.loc[common, col].astype(str) != rb.loc[common, col].astype(str)).sum()
+        if differ:
+            raise IncomparableRecordsError(f"{differ} shared request ids have a different {col} in the two records")
 
 
 def _pool_difference(a: Path, b: Path) -> list[str]:
@@ -106,19 +123,11 @@ def compare_records(
     differs_in = _pool_difference(a, b)
     ra, cfg_a = _rows(a, system_a)
     rb, cfg_b = _rows(b, system_b)
-    if headline(cfg_a).column != headline(cfg_b).column:
-        raise IncomparableRecordsError(
-            f"headline settings differ: {a} scores `{headline(cfg_a).column}`, {b} `{headline(cfg_b).column}`"
-        )
-    if cfg_a.eval_ks != cfg_b.eval_ks:
-        raise IncomparableRecordsError(f"eval_ks differ: {cfg_a.eval_ks} vs {cfg_b.eval_ks}")
+    check_same_rule(a, cfg_a, b, cfg_b)
     common = ra.index.intersection(rb.index)
     if len(common) == 0:
         raise IncomparableRecordsError(f"{a} ({system_a}) and {b} ({system_b}) share no request")
-    for col in _SAME_REQUEST:
-        differ = (ra.loc[common, col].astype(str) != rb.loc[common, col].astype(str)).sum()
-        if differ:
-            raise IncomparableRecordsError(f"{differ} shared request ids have a different {col} in the two records")
+    check_same_requests(ra, rb, common)
     if qids is not None:
         absent = qids.difference(common)
         if len(absent):

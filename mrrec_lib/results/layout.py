@@ -47,6 +47,14 @@ def read_config(record: Path) -> Config:
         raise ConfigError(f"{record / CONFIG_FILE} is no longer a valid config under the current code: {e}") from e
 
 
+def read_stage_hashes(record: Path) -> dict[str, str]:
+    """Stage -> config hash of a record's stages.json."""
+    path = record / STAGES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {record} is not a record (see `mrrec record`)")
+    return {stage: entry["hash"] for stage, entry in read_json(path).items()}
+
+
 def read_record(record: Path) -> dict[str, Any]:
     return read_json(record / RECORD_FILE)
 
