@@ -414,6 +414,29 @@ def test_row_agreement_counts_equal_rows_per_system_and_refuses_other_pools(run,
     assert main(["agree", "r", "twin", "--results-dir", str(tmp_path / "results")]) == 2
 
 
+def test_row_agreement_takes_a_borrowed_policys_stages_from_evaluated_from(run, tmp_path, capsys):
+    """A record made by `mrrec evaluate` lists no stage 03/04; the run it borrowed them from supplies their hashes."""
+    from mrrec_lib.results.agreement import format_agreement, row_agreement
+
+    dest = record_run(run.root, tmp_path / "results")
+    borrower = tmp_path / "results" / "borrower"
+    borrower.mkdir()
+    for name in ("config.yaml", "per_query.csv.gz"):
+        (borrower / name).write_bytes((dest / name).read_bytes())
+    stages = json.loads((dest / "stages.json").read_text())
+    trained = {s: stages.pop(s) for s in ("03", "04")}
+    (borrower / "stages.json").write_text(json.dumps(stages))
+    assert row_agreement(dest, borrower)["stages_differ"] == ["03", "04"]
+
+    (borrower / "evaluated_from.json").write_text(json.dumps({"trained_run": "r", "trained_stages": trained}))
+    result = row_agreement(dest, borrower)
+    assert result["stages_differ"] == [] and result["borrowed"] == {"b": {"run": "r", "stages": ["03", "04"]}}
+    assert "b's stages 03, 04 are those of r" in format_agreement(result)
+    trained["04"]["hash"] = "f" * 16  # the borrowed policy was trained under another GRPO config
+    (borrower / "evaluated_from.json").write_text(json.dumps({"trained_run": "r", "trained_stages": trained}))
+    assert row_agreement(dest, borrower)["stages_differ"] == ["04"]
+
+
 @pytest.mark.skipif(
     not all((ROOT_RESULTS / r).is_dir() for r in ("default-sft-320", "default-sft-subset")),
     reason="the committed SFT records are absent",

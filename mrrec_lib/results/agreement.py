@@ -5,7 +5,8 @@ rows another session saved. A reader trusting a row built twice needs to know wh
 answers, not only similar means: per system, on the requests both records scored, how many malformed flags and how
 many ranks of each scoring setting are equal, and each record's headline means. Only records of the same requests
 and pool (equal stage-01 and stage-02 hashes) are compared; the later stages that differ are named, since an
-untrained row should reproduce whatever they are while a trained policy reproduces only if its weights did.
+untrained row should reproduce whatever they are while a trained policy reproduces only if its weights did. A record
+made by `mrrec evaluate` lists no stage it borrowed, so its policy's stages are taken from `evaluated_from.json`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 from mrrec_lib.eval.metrics import metrics_from_ranks
 from mrrec_lib.eval.protocol import PAIRED_METRICS, headline, settings
 from mrrec_lib.results.compare import IncomparableRecordsError, check_same_requests, check_same_rule
-from mrrec_lib.results.layout import read_config, read_per_query, read_stage_hashes
+from mrrec_lib.results.layout import read_borrowed_stage_hashes, read_config, read_per_query, read_stage_hashes
 from mrrec_lib.results.recompute import headline_column
 
 _SAME_INPUTS = ("01", "02")  # the requests, their targets and the pool every row was ranked against
@@ -46,6 +47,14 @@ def _agreement(ra: pd.DataFrame, rb: pd.DataFrame, cfg: Any, column_a: str, colu
     return out
 
 
+def _stage_hashes(record: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The hashes of the stages behind a record's rows, its own first, then those of a borrowed policy's run."""
+    own = read_stage_hashes(record)
+    run, borrowed = read_borrowed_stage_hashes(record)
+    added = sorted(set(borrowed) - set(own))
+    return {**borrowed, **own}, ({"run": run, "stages": added} if added else {})
+
+
 def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None) -> dict[str, Any]:
     """Per system recorded in both `a` and `b` (or only `systems`): equal malformed flags and ranks, and the means.
 
@@ -54,7 +63,7 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
     pool, or scored a different headline setting.
     """
     a, b = Path(a), Path(b)
-    ha, hb = read_stage_hashes(a), read_stage_hashes(b)
+    (ha, borrowed_a), (hb, borrowed_b) = _stage_hashes(a), _stage_hashes(b)
     for stage in _SAME_INPUTS:
         if ha.get(stage) is None or ha.get(stage) != hb.get(stage):
             raise IncomparableRecordsError(
@@ -79,6 +88,7 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
         "a": a.name,
         "b": b.name,
         "stages_differ": [s for s in stages if ha.get(s) != hb.get(s)],
+        "borrowed": {side: b for side, b in (("a", borrowed_a), ("b", borrowed_b)) if b},
         "setting": headline(cfg_a).column,
         "systems": per_system,
     }
@@ -87,6 +97,8 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
 def format_agreement(result: dict[str, Any]) -> str:
     """A header naming the records and the stages they differ in, then one table row per system."""
     differ = ", ".join(result["stages_differ"]) or "none"
+    for side, borrowed in result.get("borrowed", {}).items():
+        differ += f"; {side}'s stages {', '.join(borrowed['stages'])} are those of {borrowed['run']}, whose policy it borrowed"
     header = (
         f"{result['a']} (a) vs {result['b']} (b): same requests and pool; stage hashes that differ: {differ}; "
         f"means under the headline setting {result['setting']}"

@@ -55,6 +55,19 @@ def read_stage_hashes(record: Path) -> dict[str, str]:
     return {stage: entry["hash"] for stage, entry in read_json(path).items()}
 
 
+def read_borrowed_stage_hashes(record: Path) -> tuple[str | None, dict[str, str]]:
+    """The run a record's trained policies were borrowed from by `mrrec evaluate`, and its stage -> hash.
+
+    Why: an evaluated record lists only the stages it ran itself, so without these its policy's stages 03/04
+    would look absent rather than equal (or not) to another record's. (None, {}) for a record that trained its own.
+    """
+    path = record / EVALUATED_FROM
+    if not path.is_file():
+        return None, {}
+    data = read_json(path)
+    return data.get("trained_run"), {stage: e["hash"] for stage, e in (data.get("trained_stages") or {}).items()}
+
+
 def read_record(record: Path) -> dict[str, Any]:
     return read_json(record / RECORD_FILE)
 
