@@ -50,8 +50,10 @@ def sft_throughput(results: Path) -> dict:
     A stage 03 reused by another run (donor seeding) is one training: counted once, by its measured train_seconds.
     Tokens are the conversations trained on: a record from before `trained_tokens_mean` that dropped some for length
     has only the mean over all candidates, which counts the longest ones never trained on, so it is left out.
+    train_seconds covers only the steps after a resume (`first_step`); a record from before `first_step` whose run
+    was advanced by `--partial` budgets may have resumed, so it is left out too.
     """
-    rates, seen, unknown = {}, set(), 0
+    rates, seen, unknown, resumed = {}, set(), 0, 0
     for f in sorted(results.glob("*/metrics/03_sft.json")):
         train, cfg = read_json(f).get("train") or {}, read_config(f.parents[1])
         if train.get("train_seconds") in seen or not (train.get("train_seconds") and train.get("last_step")):
@@ -61,7 +63,11 @@ def sft_throughput(results: Path) -> dict:
         if length is None:
             unknown += 1
             continue
-        tokens = train["last_step"] * cfg.sft_batch_size * cfg.sft_grad_accum * length
+        first = train.get("first_step")
+        if first is None and "--partial" in str(read_json(f.parents[1] / "record.json").get("run_command", "")):
+            resumed += 1
+            continue
+        tokens = (train["last_step"] - (first or 0)) * cfg.sft_batch_size * cfg.sft_grad_accum * length
         rates[f"{f.parents[1].name} ({cfg.policy_prompt} prompt)"] = tokens / train["train_seconds"]
     if len(rates) < 2:
         return _row("SFT training tokens/s", ">= 3x", f"{len(rates)} record(s) with a known trained length", False,
@@ -69,6 +75,8 @@ def sft_throughput(results: Path) -> dict:
     lo, hi = min(rates, key=rates.get), max(rates, key=rates.get)
     ratio = rates[hi] / rates[lo]
     left_out = f"; {unknown} trainings that dropped long conversations left out: no trained length recorded" if unknown else ""
+    if resumed:
+        left_out += f"; {resumed} trainings of --partial runs left out: no resume step recorded"
     return _row("SFT training tokens/s", ">= 3x", f"{rates[lo]:.0f}-{rates[hi]:.0f} over {len(rates)} trainings ({ratio:.2f}x; "
                 f"fastest {hi}, slowest {lo}{left_out})", ratio >= 3, "results/*/metrics/03_sft.json")
 

@@ -192,16 +192,16 @@ def test_train_resume_publish_and_load(tmp_path, monkeypatch):
         checkpoints.load_policy(cfg, paths, "sft")
 
     out = train_sft(cfg, paths, records, tiny_model(tok), tok)
-    assert out["last_step"] == 1 and out["examples"] == 2 and np.isfinite(out["train_loss"])
+    assert out["last_step"] == 1 and out["first_step"] == 0 and out["examples"] == 2 and np.isfinite(out["train_loss"])
     assert out["trained_tokens_mean"] == out["tokens_mean"] > 0  # nothing dropped
     # resume: a longer run continues from checkpoint-1 instead of starting over
     out = train_sft(cfg.model_copy(update={"sft_max_steps": 2}), paths, records, tiny_model(tok), tok)
-    assert out["last_step"] == 2
+    assert out["last_step"] == 2 and out["first_step"] == 1  # its train_seconds cover one step, not two
     assert [r["step"] for r in read_jsonl(paths.logs / "03_sft_train.jsonl") if "loss" in r] == [1, 2]
     # another config is another run: its checkpoints and step log start over instead of resuming
     restarted = cfg.model_copy(update={"sft_lr": 5e-3, "sft_max_steps": 2})
     out = train_sft(restarted, paths, records, tiny_model(tok), tok)
-    assert out["last_step"] == 2
+    assert out["last_step"] == 2 and out["first_step"] == 0
     log = [r for r in read_jsonl(paths.logs / "03_sft_train.jsonl") if "loss" in r]
     assert [r["step"] for r in log] == [1, 2] and 0 < max(r["learning_rate"] for r in log) <= 5e-3  # the new lr only
 

@@ -129,6 +129,8 @@ def train_sft(
         write_csv_mirror(log_path)
     return {
         **info,
+        # train_seconds covers only the steps after first_step: a resumed training's speed needs both
+        "first_step": int(Path(resume).name.rsplit("-", 1)[-1]) if resume else 0,
         **length_stats(lengths, cfg.sft_max_length),
         "train_loss": float(result.training_loss),
         "train_seconds": seconds,
