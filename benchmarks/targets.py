@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mrrec_lib.config import load_config
 from mrrec_lib.estimate import estimate
-from mrrec_lib.results.layout import PER_QUERY_FILE, read_config, read_per_query
+from mrrec_lib.results.layout import PER_QUERY_FILE, read_config, read_per_query, read_record
 from mrrec_lib.runs import read_json, write_json
 from mrrec_lib.study_cost import COMPANION_STAGES
 
@@ -64,7 +64,7 @@ def sft_throughput(results: Path) -> dict:
             unknown += 1
             continue
         first = train.get("first_step")
-        if first is None and "--partial" in str(read_json(f.parents[1] / "record.json").get("run_command", "")):
+        if first is None and "--partial" in str(read_record(f.parents[1]).get("run_command", "")):
             resumed += 1
             continue
         tokens = (train["last_step"] - (first or 0)) * cfg.sft_batch_size * cfg.sft_grad_accum * length

@@ -366,15 +366,21 @@ def test_compare_records_is_stage05s_paired_test_and_refuses_other_pools(run, tm
     assert "RUN:SYSTEM" in capsys.readouterr().err
 
 
+def _copy_of(record: Path, name: str, files: tuple[str, ...]) -> Path:
+    """A sibling record `name` holding only `files` of `record`, for a test to change the rest."""
+    copy = record.parent / name
+    copy.mkdir()
+    for f in files:
+        (copy / f).write_bytes((record / f).read_bytes())
+    return copy
+
+
 def test_row_agreement_counts_equal_rows_per_system_and_refuses_other_pools(run, tmp_path, capsys):
     from mrrec_lib.results.agreement import row_agreement
     from mrrec_lib.results.compare import IncomparableRecordsError
 
     dest = record_run(run.root, tmp_path / "results")
-    twin = tmp_path / "results" / "twin"
-    twin.mkdir()
-    for name in ("config.yaml", "stages.json"):
-        (twin / name).write_bytes((dest / name).read_bytes())
+    twin = _copy_of(dest, "twin", ("config.yaml", "stages.json"))
     rows = read_per_query(dest)
     changed = rows.copy()
     mrrec = changed.index[changed["system"] == "mrrec"]
@@ -419,10 +425,7 @@ def test_row_agreement_takes_a_borrowed_policys_stages_from_evaluated_from(run, 
     from mrrec_lib.results.agreement import format_agreement, row_agreement
 
     dest = record_run(run.root, tmp_path / "results")
-    borrower = tmp_path / "results" / "borrower"
-    borrower.mkdir()
-    for name in ("config.yaml", "per_query.csv.gz"):
-        (borrower / name).write_bytes((dest / name).read_bytes())
+    borrower = _copy_of(dest, "borrower", ("config.yaml", "per_query.csv.gz"))
     stages = json.loads((dest / "stages.json").read_text())
     trained = {s: stages.pop(s) for s in ("03", "04")}
     (borrower / "stages.json").write_text(json.dumps(stages))

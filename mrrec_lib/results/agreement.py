@@ -88,7 +88,7 @@ def row_agreement(a: str | Path, b: str | Path, systems: list[str] | None = None
         "a": a.name,
         "b": b.name,
         "stages_differ": [s for s in stages if ha.get(s) != hb.get(s)],
-        "borrowed": {side: b for side, b in (("a", borrowed_a), ("b", borrowed_b)) if b},
+        "borrowed": {side: info for side, info in (("a", borrowed_a), ("b", borrowed_b)) if info},
         "setting": headline(cfg_a).column,
         "systems": per_system,
     }

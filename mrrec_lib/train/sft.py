@@ -18,7 +18,14 @@ from mrrec_lib.config import Config
 from mrrec_lib.deadline import deadline_from_env
 from mrrec_lib.runs import RunPaths, read_jsonl
 from mrrec_lib.train.callbacks import SaveBeforeDeadline, StepLogger, write_csv_mirror
-from mrrec_lib.train.checkpoints import base_reference, checkpoints_dir, final_dir, publish_policy, stage_dir
+from mrrec_lib.train.checkpoints import (
+    base_reference,
+    checkpoints_dir,
+    final_dir,
+    publish_policy,
+    stage_dir,
+    trainer_state,
+)
 from mrrec_lib.train.common import device_kwargs, lora_config, resume_checkpoint, resume_key, set_threads
 
 
@@ -130,7 +137,7 @@ def train_sft(
     return {
         **info,
         # train_seconds covers only the steps after first_step: a resumed training's speed needs both
-        "first_step": int(Path(resume).name.rsplit("-", 1)[-1]) if resume else 0,
+        "first_step": int(trainer_state(Path(resume))["global_step"]) if resume else 0,
         **length_stats(lengths, cfg.sft_max_length),
         "train_loss": float(result.training_loss),
         "train_seconds": seconds,
