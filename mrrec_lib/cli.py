@@ -174,7 +174,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"expected RUN:SYSTEM (a record under {args.results_dir}/ and one of its systems), got {spec!r}")
         sides.append((resolve(args.results_dir) / run, system))
     (a, sa), (b, sb) = sides
-    result = compare_records(a, sa, b, sb, tuple(args.metric), subset=args.subset, b_format=args.b_format)
+    result = compare_records(
+        a, sa, b, sb, tuple(args.metric), subset=args.subset, b_format=args.b_format, a_format=args.a_format
+    )
     return _report(args, format_comparison(result), result)
 
 
@@ -363,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["any", "wellformed", "malformed"],
         help="only requests where B's answer parsed (wellformed) or did not (malformed): separates a policy that "
         "fixed B's format from one that changed what B's well-formed answers say",
+    )
+    d.add_argument(
+        "--a-format",
+        default="any",
+        choices=["any", "wellformed", "malformed"],
+        help="the same by A's answer; with --b-format wellformed, compares what two policies' parsed answers say",
     )
     d.add_argument("--results-dir", default="results")
     d.add_argument("--out", default="", help="also write the result as JSON here")

@@ -478,8 +478,10 @@ def test_compare_on_the_no_overlap_subset_is_stage05s_subset_test():
     reason="the committed 801-request records are absent",
 )
 def test_compare_by_b_format_splits_the_shared_requests():
-    """`--b-format` partitions the shared requests by whether B's answer parsed; B's malformed ones score 0."""
-    from mrrec_lib.results.compare import compare_records
+    """`--b-format` partitions the shared requests by whether B's answer parsed; B's malformed ones score 0.
+
+    `--a-format` narrows by A's answer too: both well-formed leaves only what the two parsed answers say."""
+    from mrrec_lib.results.compare import compare_records, format_comparison
 
     a, b = ROOT_RESULTS / "default-grpo-probe-801", ROOT_RESULTS / "default-sft-801"
     parts = {f: compare_records(a, "mrrec", b, "mrrec_sft", b_format=f) for f in ("any", "wellformed", "malformed")}
@@ -490,6 +492,16 @@ def test_compare_by_b_format_splits_the_shared_requests():
     assert all(t["mean_b"] > 0 for t in parts["wellformed"]["tests"])
     with pytest.raises(ValueError, match="unknown b_format"):
         compare_records(a, "mrrec", b, "mrrec_sft", b_format="parsed")
+    both = compare_records(a, "mrrec", b, "mrrec_sft", b_format="wellformed", a_format="wellformed")
+    a_rows = read_per_query(a).query("system == 'mrrec'").set_index("qid")
+    b_rows = read_per_query(b).query("system == 'mrrec_sft'").set_index("qid")
+    parsed = (~a_rows["malformed"].astype(bool) & ~b_rows.loc[a_rows.index, "malformed"].astype(bool)).sum()
+    assert both["shared_requests"] == parsed < parts["wellformed"]["shared_requests"]
+    assert all(t["mean_a"] > 0 and t["mean_b"] > 0 for t in both["tests"])
+    header = format_comparison(both).splitlines()[0]
+    assert "default-grpo-probe-801:mrrec wellformed, default-sft-801:mrrec_sft wellformed" in header
+    with pytest.raises(ValueError, match="unknown a_format"):
+        compare_records(a, "mrrec", b, "mrrec_sft", a_format="parsed")
 
 
 @pytest.mark.skipif(

@@ -32,8 +32,9 @@ _SAME_REQUEST = ("user_id", "target_item_id")
 # Request subsets a comparison can be restricted to, by the per-request `title_overlap` (content words shared with
 # the target's title): where the request already names the product, query-only retrieval reads the answer.
 SUBSETS = {"all": None, "no_overlap": lambda overlap: overlap == 0, "overlap": lambda overlap: overlap > 0}
-# Requests kept by whether B's answer parsed: a policy that mostly learned to close its answers (malformed ones
-# score 0) gains on B's malformed requests; the well-formed ones show whether the content of its answers changed.
+# Requests kept by whether B's (or A's) answer parsed: a policy that mostly learned to close its answers (malformed
+# ones score 0) gains on B's malformed requests; the well-formed ones show whether the content of its answers changed.
+# Both sides well-formed compares the content of two policies' answers alone.
 B_FORMATS = {"any": None, "wellformed": False, "malformed": True}
 # Stage-02 keys two compared records may differ in: the item retriever ranks the same pool by another method, and
 # the memory builder writes the memory under test (like `global_memory`, a treatment, not another pool or rule).
@@ -110,12 +111,13 @@ def compare_records(
     subset: str = "all",
     qids: pd.Index | None = None,
     b_format: str = "any",
+    a_format: str = "any",
 ) -> dict[str, Any]:
     """`system_a` of record `a` minus `system_b` of record `b` on the requests both scored, one test per metric.
 
     `subset` keeps only the shared requests of one `SUBSETS` kind (e.g. `no_overlap`); `qids`, only those
     requests (a combined table's common set), which both records must have scored; `b_format` (`B_FORMATS`), only
-    the requests where B's answer was well-formed or malformed.
+    the requests where B's answer was well-formed or malformed; `a_format`, the same by A's answer.
 
     Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
     """
@@ -134,12 +136,8 @@ def compare_records(
             raise IncomparableRecordsError(f"{len(absent)} requested ids were not scored by both records")
         common = qids
     common = select_subset(ra, common, subset, a)
-    if b_format not in B_FORMATS:
-        raise ValueError(f"unknown b_format {b_format!r}; choose one of {sorted(B_FORMATS)}")
-    if B_FORMATS[b_format] is not None:
-        common = common[rb.loc[common, "malformed"].astype(bool).to_numpy() == B_FORMATS[b_format]]
-        if len(common) == 0:
-            raise IncomparableRecordsError(f"no shared request where {system_b}'s answer is {b_format}")
+    for side, rows, system, fmt in (("b", rb, system_b, b_format), ("a", ra, system_a, a_format)):
+        common = _select_format(rows, common, side, system, fmt)
     va = metrics_from_ranks(ra.loc[common, headline_column(ra, cfg_a)].to_numpy(dtype=float), cfg_a.eval_ks)
     vb = metrics_from_ranks(rb.loc[common, headline_column(rb, cfg_b)].to_numpy(dtype=float), cfg_b.eval_ks)
     unknown = [m for m in metrics if m not in va]
@@ -157,6 +155,7 @@ def compare_records(
         "b": {"record": b.name, "system": system_b, "requests": len(rb)},
         "subset": subset,
         "b_format": b_format,
+        "a_format": a_format,
         "shared_requests": len(common),
         "shared_users": len(set(users)),
         "setting": headline(cfg_a).column,
@@ -164,6 +163,18 @@ def compare_records(
         "items_ranked_by": [ranked_by(system_a, cfg_a), ranked_by(system_b, cfg_b)],
         "tests": tests,
     }
+
+
+def _select_format(rows: pd.DataFrame, common: pd.Index, side: str, system: str, fmt: str) -> pd.Index:
+    """The ids of `common` where `system`'s answer (side `side` of the comparison) is `fmt` (`B_FORMATS`)."""
+    if fmt not in B_FORMATS:
+        raise ValueError(f"unknown {side}_format {fmt!r}; choose one of {sorted(B_FORMATS)}")
+    if B_FORMATS[fmt] is None:
+        return common
+    chosen = common[rows.loc[common, "malformed"].astype(bool).to_numpy() == B_FORMATS[fmt]]
+    if len(chosen) == 0:
+        raise IncomparableRecordsError(f"no shared request where {system}'s answer is {fmt}")
+    return chosen
 
 
 def select_subset(rows: pd.DataFrame, common: pd.Index, subset: str, record: Path) -> pd.Index:
@@ -188,7 +199,11 @@ def format_comparison(result: dict[str, Any]) -> str:
         f"{a['record']}:{a['system']} minus {b['record']}:{b['system']} on {result['shared_requests']} shared "
         f"requests of {result['shared_users']} users (setting {result['setting']}"
         + (f", subset {result['subset']}" if result.get("subset", "all") != "all" else "")
-        + (f", {b['system']} {result['b_format']}" if result.get("b_format", "any") != "any" else "")
+        + "".join(
+            f", {side['record']}:{side['system']} {result[key]}"
+            for side, key in ((a, "a_format"), (b, "b_format"))
+            if result.get(key, "any") != "any"
+        )
         + (", items ranked by {} vs {}".format(*result["items_ranked_by"]) if result.get("runs_differ_in") else "")
         + ")"
     ]
