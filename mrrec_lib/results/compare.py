@@ -32,10 +32,10 @@ _SAME_REQUEST = ("user_id", "target_item_id")
 # Request subsets a comparison can be restricted to, by the per-request `title_overlap` (content words shared with
 # the target's title): where the request already names the product, query-only retrieval reads the answer.
 SUBSETS = {"all": None, "no_overlap": lambda overlap: overlap == 0, "overlap": lambda overlap: overlap > 0}
-# Requests kept by whether B's (or A's) answer parsed: a policy that mostly learned to close its answers (malformed
+# Requests kept by whether one side's answer parsed: a policy that mostly learned to close its answers (malformed
 # ones score 0) gains on B's malformed requests; the well-formed ones show whether the content of its answers changed.
 # Both sides well-formed compares the content of two policies' answers alone.
-B_FORMATS = {"any": None, "wellformed": False, "malformed": True}
+ANSWER_FORMATS = {"any": None, "wellformed": False, "malformed": True}
 # Stage-02 keys two compared records may differ in: the item retriever ranks the same pool by another method, and
 # the memory builder writes the memory under test (like `global_memory`, a treatment, not another pool or rule).
 COMPARABLE_STAGE02_KEYS = frozenset({"item_retriever", "memory_builder"})
@@ -116,7 +116,7 @@ def compare_records(
     """`system_a` of record `a` minus `system_b` of record `b` on the requests both scored, one test per metric.
 
     `subset` keeps only the shared requests of one `SUBSETS` kind (e.g. `no_overlap`); `qids`, only those
-    requests (a combined table's common set), which both records must have scored; `b_format` (`B_FORMATS`), only
+    requests (a combined table's common set), which both records must have scored; `b_format` (`ANSWER_FORMATS`), only
     the requests where B's answer was well-formed or malformed; `a_format`, the same by A's answer.
 
     Bootstrap draws and seed come from record `a`'s config, as stage 05 would use for its reference system.
@@ -166,12 +166,12 @@ def compare_records(
 
 
 def _select_format(rows: pd.DataFrame, common: pd.Index, side: str, system: str, fmt: str) -> pd.Index:
-    """The ids of `common` where `system`'s answer (side `side` of the comparison) is `fmt` (`B_FORMATS`)."""
-    if fmt not in B_FORMATS:
-        raise ValueError(f"unknown {side}_format {fmt!r}; choose one of {sorted(B_FORMATS)}")
-    if B_FORMATS[fmt] is None:
+    """The ids of `common` where `system`'s answer (side `side` of the comparison) is `fmt` (`ANSWER_FORMATS`)."""
+    if fmt not in ANSWER_FORMATS:
+        raise ValueError(f"unknown {side}_format {fmt!r}; choose one of {sorted(ANSWER_FORMATS)}")
+    if ANSWER_FORMATS[fmt] is None:
         return common
-    chosen = common[rows.loc[common, "malformed"].astype(bool).to_numpy() == B_FORMATS[fmt]]
+    chosen = common[rows.loc[common, "malformed"].astype(bool).to_numpy() == ANSWER_FORMATS[fmt]]
     if len(chosen) == 0:
         raise IncomparableRecordsError(f"no shared request where {system}'s answer is {fmt}")
     return chosen
