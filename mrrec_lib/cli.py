@@ -359,17 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "no_overlap", "overlap"],
         help="only requests that share no content word (no_overlap) or some (overlap) with the target's title",
     )
+    answer_formats = ["any", "wellformed", "malformed"]
     d.add_argument(
         "--b-format",
         default="any",
-        choices=["any", "wellformed", "malformed"],
+        choices=answer_formats,
         help="only requests where B's answer parsed (wellformed) or did not (malformed): separates a policy that "
         "fixed B's format from one that changed what B's well-formed answers say",
     )
     d.add_argument(
         "--a-format",
         default="any",
-        choices=["any", "wellformed", "malformed"],
+        choices=answer_formats,
         help="the same by A's answer; with --b-format wellformed, compares what two policies' parsed answers say",
     )
     d.add_argument("--results-dir", default="results")
