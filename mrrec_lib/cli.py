@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--table",
         action="append",
         default=[],
-        help="a combined table spec (rows of several records on their shared requests), rendered between "
-        "<!-- results:table:<spec stem>:start/end --> (repeatable), e.g. results/tables/llm_320.yaml",
+        help="a table spec (`kind`: combined rows of several records on their shared requests, seeds, or pairs), "
+        "rendered between <!-- results:table:<spec stem>:start/end --> (repeatable), e.g. results/tables/llm_320.yaml",
     )
     m.add_argument(
         "--study",

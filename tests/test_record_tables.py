@@ -164,6 +164,21 @@ def test_seed_tables_read_the_committed_records():
     assert table["d_N@100"].iloc[0] == pytest.approx(recorded["diff"])
 
 
+def test_both_parsed_table_reproduces_the_committed_comparisons():
+    """The rendered where-both-parsed rows are what `mrrec compare --a-format --b-format` wrote to docs/comparisons."""
+    from mrrec_lib.results import pairs_table as pt
+
+    spec = pt.read_pairs_spec(RESULTS / "tables/both_parsed.yaml")
+    assert pt.unrecorded(spec, RESULTS) == []
+    table = pt.pairs_table(spec, RESULTS).set_index("b")
+    for ablation in ("no_global_memory", "no_local_memory"):
+        cli = json.loads((ROOT / f"docs/comparisons/both-parsed_full_default_vs_{ablation}.json").read_text())
+        assert (cli["a_format"], cli["b_format"]) == ("wellformed", "wellformed")
+        row, test = table.loc[f"abl-{ablation}:mrrec"], cli["tests"][0]
+        assert row["requests"] == cli["shared_requests"] and row["users"] == cli["shared_users"]
+        assert (row["diff"], row["lo"], row["hi"]) == pytest.approx((test["diff"], test["lo"], test["hi"]))
+
+
 def test_readme_figures_writes_every_record_figure(tmp_path):
     from mrrec_lib.cli import main
 

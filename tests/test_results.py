@@ -692,6 +692,41 @@ def test_study_plan_states_time_left_in_units_that_read_right(tmp_path, minutes,
     assert wording in text and ("~0 h" not in text)
 
 
+def test_pairs_table_is_compare_on_the_requests_where_both_answers_parsed(run, tmp_path):
+    """Each row is `mrrec compare --a-format --b-format` on its own requests; a pair not recorded yet is named."""
+    from mrrec_lib.results import pairs_table as pt
+    from mrrec_lib.results.compare import compare_records
+    from mrrec_lib.results.readme import render_table, table_markers
+
+    results = tmp_path / "results"
+    rec = record_run(run.root, results)
+
+    def spec(**changes) -> Path:
+        path = tmp_path / "parsed.yaml"
+        data = {"kind": "pairs", "title": "Parsed.", "a_format": "wellformed", "b_format": "wellformed",
+                "pairs": [[f"{rec.name}:mrrec", f"{rec.name}:zeroshot_none"], [f"{rec.name}:mrrec", "absent:mrrec"]]}
+        path.write_text(yaml.safe_dump({**data, **changes}))
+        return path
+
+    table = pt.pairs_table(pt.read_pairs_spec(spec()), results)
+    rows = read_per_query(rec).set_index(["system", "qid"])["malformed"].astype(bool)
+    parsed = (~rows.loc["mrrec"] & ~rows.loc["zeroshot_none"]).sum()
+    assert rows.loc["zeroshot_none"].any() and table["requests"].tolist() == [parsed]
+    cli = compare_records(rec, "mrrec", rec, "zeroshot_none", ("N@100",), a_format="wellformed", b_format="wellformed")
+    assert table["diff"].iloc[0] == pytest.approx(cli["tests"][0]["diff"]) and table["mean_b"].iloc[0] > 0
+    start, end = table_markers("parsed")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{start}\nold\n{end}\n")
+    assert render_table(readme, results, spec()) == "parsed"
+    text = readme.read_text()
+    assert f"| {parsed} (" in text and "both answers wellformed" in text
+    assert f"Not recorded yet: `{rec.name}:mrrec − absent:mrrec`" in text
+    with pytest.raises(ValueError, match="unknown answer format"):
+        pt.read_pairs_spec(spec(b_format="parsed"))
+    with pytest.raises(ValueError, match=r"needs \[A, B\] items"):
+        pt.read_pairs_spec(spec(pairs=[["a:mrrec", "b:mrrec", "c:mrrec"]]))
+
+
 def test_seed_table_pairs_within_each_run_and_refuses_other_changes(run, tmp_path):
     """Data-seed replicas: each run's Δ is its own within-run `mrrec compare`; a replica changing more is refused."""
     from mrrec_lib.results import seed_table as st

@@ -55,7 +55,8 @@ DIGITS = 3  # the decimals the tables print: a Δ, its CI and "within run-to-run
 REPLICATE_KEYS = ("grpo_seed",)  # the only keys a replicate may change: another seed on the same split, memory and SFT
 
 
-def _pair(spec: str, where: str) -> tuple[str, str]:
+def run_system(spec: str, where: str) -> tuple[str, str]:
+    """A spec's RUN:SYSTEM string as (record name, system)."""
     run, sep, system = str(spec).partition(":")
     if not sep or not run or not system:
         raise ValueError(f"{where}: expected RUN:SYSTEM, got {spec!r}")
@@ -63,7 +64,8 @@ def _pair(spec: str, where: str) -> tuple[str, str]:
 
 
 def _kind(data: dict) -> str:
-    """A loaded table spec's `kind`: "combined" (this module, the default) or "seeds" (`results.seed_table`)."""
+    """A loaded table spec's `kind`: "combined" (this module, the default), "seeds" (`results.seed_table`) or
+    "pairs" (`results.pairs_table`)."""
     return str(data.get("kind", "combined"))
 
 
@@ -85,8 +87,8 @@ def read_spec(path: str | Path) -> TableSpec:
     missing = [k for k in ("title", "rows", "reference") if k not in data]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
-    rows = [_pair(r, str(path)) for r in data["rows"]]
-    reference = _pair(data["reference"], str(path))
+    rows = [run_system(r, str(path)) for r in data["rows"]]
+    reference = run_system(data["reference"], str(path))
     if reference not in rows:
         raise ValueError(f"{path}: reference {data['reference']!r} is not one of the rows")
     subsets = list(data.get("subsets", ["all"]))
@@ -98,7 +100,7 @@ def read_spec(path: str | Path) -> TableSpec:
     if unknown_keys:
         raise ValueError(f"{path}: setting_keys {unknown_keys} are not config keys")
     metrics = list(data.get("metrics", ["N@100", "R@100"]))
-    replicates = [_pair(r, str(path)) for r in data.get("replicates", [])]
+    replicates = [run_system(r, str(path)) for r in data.get("replicates", [])]
     stray = [f"{r}:{s}" for r, s in replicates if (r, s) not in rows or (r, s) == reference or s != reference[1]]
     if stray:
         raise ValueError(f"{path}: replicates {stray} must be rows of the reference's system, other than the reference")

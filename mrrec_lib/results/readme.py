@@ -153,15 +153,19 @@ def table_markers(name: str) -> tuple[str, str]:
 
 
 def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: str | Path) -> str:
-    """Replace the block of table `spec_path` in `readme_path` (a combined table, `results.combined`, or a seed
-    table, `results.seed_table`, by the spec's `kind`); return its name."""
-    from mrrec_lib.results import seed_table
+    """Replace the block of table `spec_path` in `readme_path` (a combined table, `results.combined`, a seed
+    table, `results.seed_table`, or a pairs table, `results.pairs_table`, by the spec's `kind`); return its name."""
+    from mrrec_lib.results import pairs_table, seed_table
     from mrrec_lib.results.combined import read_spec, spec_kind, table_markdown
 
     readme = Path(readme_path)
-    if Path(spec_path).exists() and spec_kind(spec_path) == seed_table.KIND:
+    kind = spec_kind(spec_path) if Path(spec_path).exists() else None
+    if kind == seed_table.KIND:
         seeds = seed_table.read_seed_spec(spec_path)
         block, name = seed_table.seed_markdown(seeds, results_dir, readme.parent), seeds.name
+    elif kind == pairs_table.KIND:
+        pairs = pairs_table.read_pairs_spec(spec_path)
+        block, name = pairs_table.pairs_markdown(pairs, results_dir, readme.parent), pairs.name
     else:
         spec = read_spec(spec_path)
         block, name = table_markdown(spec, results_dir, readme.parent), spec.name
