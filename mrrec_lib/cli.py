@@ -128,9 +128,16 @@ def _cmd_readme(args: argparse.Namespace) -> int:
     from mrrec_lib.runs import resolve
 
     readme = resolve(args.readme)
+    if args.check:
+        from mrrec_lib.results.readme import outdated_blocks
+
+        outdated = outdated_blocks(readme, resolve(args.results_dir))
+        print("\n".join(outdated) or f"{readme}: every rendered block is what the records render now")
+        return 1 if outdated else 0
     if not args.run and not args.table and not args.study and not args.figures:
         raise ValueError(
-            "give --run (Table 1 of a record), --table (a table spec), --study (a plan) and/or --figures (a folder)"
+            "give --run (Table 1 of a record), --table (a table spec), --study (a plan), --figures (a folder) "
+            "and/or --check"
         )
     if args.run:
         problems = render_readme(readme, resolve(args.results_dir), args.run)
@@ -334,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--figures",
         help="write the figures the committed ablation records support (forest plot, top-k curve, retriever bars) "
         "as PNGs into this folder, e.g. docs/figures",
+    )
+    m.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: exit 1 naming every rendered block of --readme that its records, table spec or study "
+        "plan would now render differently",
     )
     m.add_argument("--results-dir", default="results")
     m.add_argument("--readme", default="README.md")

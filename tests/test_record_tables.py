@@ -179,6 +179,14 @@ def test_both_parsed_table_reproduces_the_committed_comparisons():
         assert (row["diff"], row["lo"], row["hi"]) == pytest.approx((test["diff"], test["lo"], test["hi"]))
 
 
+@pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
+def test_committed_docs_are_what_the_records_render(doc):
+    """Every rendered block (Table 1, table specs, study plans) is current: re-render with the command named."""
+    from mrrec_lib.results.readme import outdated_blocks
+
+    assert outdated_blocks(ROOT / doc, RESULTS) == []
+
+
 def test_readme_figures_writes_every_record_figure(tmp_path):
     from mrrec_lib.cli import main
 

@@ -693,16 +693,18 @@ def test_study_plan_states_time_left_in_units_that_read_right(tmp_path, minutes,
 
 
 def test_pairs_table_is_compare_on_the_requests_where_both_answers_parsed(run, tmp_path):
-    """Each row is `mrrec compare --a-format --b-format` on its own requests; a pair not recorded yet is named."""
+    """Each row is `mrrec compare --a-format --b-format` on its own requests; a pair not recorded yet is named; a
+    rendered block edited afterwards is reported by `mrrec readme --check`."""
     from mrrec_lib.results import pairs_table as pt
     from mrrec_lib.results.compare import compare_records
-    from mrrec_lib.results.readme import render_table, table_markers
+    from mrrec_lib.results.readme import outdated_blocks, render_table, table_markers
 
     results = tmp_path / "results"
     rec = record_run(run.root, results)
 
     def spec(**changes) -> Path:
-        path = tmp_path / "parsed.yaml"
+        path = results / "tables" / "parsed.yaml"
+        path.parent.mkdir(exist_ok=True)
         data = {"kind": "pairs", "title": "Parsed.", "a_format": "wellformed", "b_format": "wellformed",
                 "pairs": [[f"{rec.name}:mrrec", f"{rec.name}:zeroshot_none"], [f"{rec.name}:mrrec", "absent:mrrec"]]}
         path.write_text(yaml.safe_dump({**data, **changes}))
@@ -721,6 +723,12 @@ def test_pairs_table_is_compare_on_the_requests_where_both_answers_parsed(run, t
     text = readme.read_text()
     assert f"| {parsed} (" in text and "both answers wellformed" in text
     assert f"Not recorded yet: `{rec.name}:mrrec − absent:mrrec`" in text
+    assert outdated_blocks(readme, results) == []
+    readme.write_text(text.replace(f"| {parsed} (", f"| {parsed + 1} ("))  # a hand edit, or records moved on
+    assert outdated_blocks(readme, results) == [
+        f"{readme}: outdated, re-render with `mrrec readme --table {results}/tables/parsed.yaml --readme {readme}`"
+    ]
+    assert main(["readme", "--check", "--readme", str(readme), "--results-dir", str(results)]) == 1
     with pytest.raises(ValueError, match="unknown answer format"):
         pt.read_pairs_spec(spec(b_format="parsed"))
     with pytest.raises(ValueError, match=r"needs \[A, B\] items"):

@@ -11,6 +11,7 @@ measured at the stated commit.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -152,23 +153,27 @@ def table_markers(name: str) -> tuple[str, str]:
     return f"<!-- results:table:{name}:start -->", f"<!-- results:table:{name}:end -->"
 
 
-def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: str | Path) -> str:
-    """Replace the block of table `spec_path` in `readme_path` (a combined table, `results.combined`, a seed
-    table, `results.seed_table`, or a pairs table, `results.pairs_table`, by the spec's `kind`); return its name."""
+def table_block(spec_path: str | Path, results_dir: str | Path, link_base: Path) -> tuple[str, str]:
+    """Table `spec_path` rendered (links relative to `link_base`) as (name, Markdown block), by the spec's `kind`: a
+    combined table (`results.combined`), a seed table (`results.seed_table`) or a pairs table (`results.pairs_table`)."""
     from mrrec_lib.results import pairs_table, seed_table
     from mrrec_lib.results.combined import read_spec, spec_kind, table_markdown
 
-    readme = Path(readme_path)
     kind = spec_kind(spec_path) if Path(spec_path).exists() else None
     if kind == seed_table.KIND:
         seeds = seed_table.read_seed_spec(spec_path)
-        block, name = seed_table.seed_markdown(seeds, results_dir, readme.parent), seeds.name
-    elif kind == pairs_table.KIND:
+        return seeds.name, seed_table.seed_markdown(seeds, results_dir, link_base)
+    if kind == pairs_table.KIND:
         pairs = pairs_table.read_pairs_spec(spec_path)
-        block, name = pairs_table.pairs_markdown(pairs, results_dir, readme.parent), pairs.name
-    else:
-        spec = read_spec(spec_path)
-        block, name = table_markdown(spec, results_dir, readme.parent), spec.name
+        return pairs.name, pairs_table.pairs_markdown(pairs, results_dir, link_base)
+    spec = read_spec(spec_path)
+    return spec.name, table_markdown(spec, results_dir, link_base)
+
+
+def render_table(readme_path: str | Path, results_dir: str | Path, spec_path: str | Path) -> str:
+    """Replace the block of table `spec_path` in `readme_path`; return its name."""
+    readme = Path(readme_path)
+    name, block = table_block(spec_path, results_dir, readme.parent)
     _write_block(readme, table_markers(name), block, name)
     return name
 
@@ -220,3 +225,39 @@ def render_study(readme_path: str | Path, study_path: str | Path) -> str:
     readme, name = Path(readme_path), Path(study_path).stem
     _write_block(readme, study_markers(name), study_markdown(study_path), f"study {name}")
     return name
+
+
+_MARKED = re.compile(r"<!-- results:(table|study):([\w.-]+):start -->")
+_TABLE1_RUN = re.compile(r"`mrrec readme --run ([\w.-]+)`")
+
+
+def _current(text: str, markers: tuple[str, str]) -> str:
+    start, end = text.index(markers[0]) + len(markers[0]) + 1, text.index(markers[1])
+    return text[start:end]
+
+
+def outdated_blocks(doc_path: str | Path, results_dir: str | Path) -> list[str]:
+    """The marked blocks of `doc_path` that differ from what the committed records, table specs
+    (`<results_dir>/tables/NAME.yaml`) and study plans (`<results_dir>/NAME.json`) render now, each with the
+    command that re-renders it; [] when the document is current. Why: a block is only trustworthy while it is
+    what its records say, and a record, spec or plan changed without re-rendering leaves it silently behind."""
+    doc, results = Path(doc_path), Path(results_dir)
+    text = doc.read_text()
+    expected: dict[str, tuple[tuple[str, str], str]] = {}
+    for kind, name in _MARKED.findall(text):
+        if kind == "table":
+            spec = results / "tables" / f"{name}.yaml"
+            expected[f"--table {spec}"] = table_markers(name), table_block(spec, results, doc.parent)[1]
+        else:
+            plan = results / f"{name}.json"
+            expected[f"--study {plan}"] = study_markers(name), study_markdown(plan)
+    if START in text:
+        run = _TABLE1_RUN.search(_current(text, (START, END)))
+        if not run:
+            return [f"{doc}: Table 1 block does not name its record (`mrrec readme --run NAME`)"]
+        record = record_dir(results, run.group(1))
+        expected[f"--run {run.group(1)}"] = (START, END), table1_markdown(record, doc.parent)[0]
+        if BENCH_START in text:
+            expected[f"--run {run.group(1)} (benchmark summary)"] = (BENCH_START, BENCH_END), benchmark_markdown(record)
+    return [f"{doc}: outdated, re-render with `mrrec readme {how.split(' (')[0]} --readme {doc}`"
+            for how, (markers, block) in expected.items() if _current(text, markers) != block]
