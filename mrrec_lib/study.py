@@ -57,8 +57,9 @@ from mrrec_lib.study_cost import (
     plan,
 )
 
-# Delta file stems in the order they are run: the components of the paper's Fig. 3 and Table 1's Rec-R1 row,
-# the local-memory levels (Table 2), top-k (Fig. 6), the retriever (Fig. 5), the seed replicas, the policy start,
+# Delta file stems in the order they are run: the components of the paper's Fig. 3 and Table 1's Rec-R1 row, the
+# GRPO-seed replicas (GRPO and evaluation only, ~1 h each: the run-to-run noise every later Δ is read against), the
+# local-memory levels (Table 2), top-k (Fig. 6), the retriever (Fig. 5), the data-seed replicas, the policy start,
 # and the LLM memory builder (hours of generation) last. Unknown deltas follow, by name.
 PRIORITY = (
     "no_global_memory",
