@@ -155,7 +155,8 @@ def _cmd_readme(args: argparse.Namespace) -> int:
         results = resolve(args.results_dir)
         committed = rt.committed_tables(results)
         curves, bars = rt.topk_curves(committed, results), rt.retriever_bars(committed, results)
-        for name, fig in rt.record_figures(committed, curves, bars).items():
+        pairs = rt.committed_pairs_tables(results)
+        for name, fig in rt.record_figures(committed, curves, bars, pairs).items():
             print(f"wrote {write_png(fig, resolve(args.figures) / f'{name}.png')}")
     return 0
 

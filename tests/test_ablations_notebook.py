@@ -146,6 +146,8 @@ def test_notebook_06_on_a_fake_batch(tmp_path):
     assert {r["row"] for r in committed["rows"]} >= {"sft-320-no_global_memory:mrrec_sft", "default-sft-320:mrrec_sft"}
     assert {r["retriever"] for r in rec["committed_retriever"]["grpo_ablations"]} == {"BM25", "all-MiniLM-L6-v2"}
     assert rec["committed_seeds"]["data_seeds"][0]["run"] == "default-grpo-probe"
+    parsed = {(r["a"], r["b"]): r["requests"] for r in rec["committed_pairs"]["both_parsed"]}
+    assert parsed[("default:mrrec", "abl-no_local_memory:mrrec")] < 801  # only where both answers parsed
     for fig in ("06_components", "06_topk", "06_retriever", "06_contribution", "06_committed_ablations",
-                "06_retriever_grpo_ablations"):
+                "06_retriever_grpo_ablations", "06_pairs_both_parsed"):
         assert (tmp_path / "default" / "figures" / f"{fig}.png").exists()

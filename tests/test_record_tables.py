@@ -171,6 +171,8 @@ def test_both_parsed_table_reproduces_the_committed_comparisons():
     spec = pt.read_pairs_spec(RESULTS / "tables/both_parsed.yaml")
     assert pt.unrecorded(spec, RESULTS) == []
     table = pt.pairs_table(spec, RESULTS).set_index("b")
+    bands = rt.plot_pairs(spec, table.reset_index()).get_axes()[0].patches  # each pair over its own ±MDD band
+    assert [p.get_width() for p in bands] == pytest.approx((2 * table["mdd"]).tolist())
     for ablation in ("no_global_memory", "no_local_memory"):
         cli = json.loads((ROOT / f"docs/comparisons/both-parsed_full_default_vs_{ablation}.json").read_text())
         assert (cli["a_format"], cli["b_format"]) == ("wellformed", "wellformed")
@@ -193,8 +195,10 @@ def test_readme_figures_writes_every_record_figure(tmp_path):
     assert main(["readme", "--figures", str(tmp_path / "figures"), "--results-dir", str(RESULTS)]) == 0
     written = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     committed = rt.committed_tables(RESULTS)
-    figures = rt.record_figures(committed, rt.topk_curves(committed, RESULTS), rt.retriever_bars(committed, RESULTS))
+    pairs = rt.committed_pairs_tables(RESULTS)
+    figures = rt.record_figures(committed, rt.topk_curves(committed, RESULTS), rt.retriever_bars(committed, RESULTS), pairs)
     assert written == sorted(f"{n}.png" for n in figures)
-    assert {"06_committed_ablations.png", "06_topk_committed.png", "06_retriever_grpo_ablations.png"} <= set(written)
+    assert {"06_committed_ablations.png", "06_topk_committed.png", "06_retriever_grpo_ablations.png",
+            "06_pairs_both_parsed.png"} <= set(written)
     assert not list((tmp_path / "figures").glob(".*"))  # no temporary file left behind
     matplotlib.pyplot.close("all")

@@ -89,7 +89,7 @@ def pairs_table(spec: PairsSpec, results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _narrowed_to(spec: PairsSpec) -> str:
+def narrowed_to(spec: PairsSpec) -> str:
     """The filters in words, as the caption states them."""
     if spec.a_format == spec.b_format != "any":
         parts = [f"both answers {spec.a_format}"]
@@ -123,7 +123,7 @@ def pairs_markdown(spec: PairsSpec, results_dir: str | Path, link_base: Path) ->
     lines = [
         f"{spec.title} Rendered by `mrrec readme --table results/tables/{spec.name}.yaml` from the per-request rows of "
         f"{record_links(results, runs, link_base)}: each pair on the requests both records scored, narrowed to "
-        f"{_narrowed_to(spec)} (`mrrec compare A B{_flags(spec)}`), so each "
+        f"{narrowed_to(spec)} (`mrrec compare A B{_flags(spec)}`), so each "
         "row has its own n; Δ = A minus B paired by request, 95% CI from resampling users, sign-flip p unadjusted, "
         "MDD at 80% power.",
         "",

@@ -25,7 +25,7 @@ import pandas as pd
 
 from mrrec_lib.config import Config, changed_keys
 from mrrec_lib.eval.systems import SYSTEMS
-from mrrec_lib.results import seed_table
+from mrrec_lib.results import pairs_table, seed_table
 from mrrec_lib.results.combined import (
     TableSpec,
     combined_table,
@@ -80,6 +80,35 @@ def committed_seed_tables(results_dir: str | Path) -> dict[str, tuple[seed_table
     return {s.name: (s, seed_table.seed_table(s, results_dir)) for s in specs}
 
 
+def committed_pairs_tables(results_dir: str | Path) -> dict[str, tuple[pairs_table.PairsSpec, pd.DataFrame]]:
+    """Every pairs table (`kind: pairs` specs, e.g. where both answers parsed): each recorded pair's `compare` test."""
+    folder = Path(results_dir) / "tables"
+    specs = [pairs_table.read_pairs_spec(p) for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == pairs_table.KIND]
+    return {s.name: (s, pairs_table.pairs_table(s, results_dir)) for s in specs}
+
+
+def plot_pairs(spec: pairs_table.PairsSpec, table: pd.DataFrame) -> plt.Figure:
+    """A pairs table as a forest: A minus B with its 95% user-cluster CI, each pair over its own MDD band, labelled
+    with its n, since every pair stands on its own requests (a wide band says how little a small n can detect)."""
+    if table.empty:
+        raise ValueError(f"pairs table {spec.name}: no pair recorded yet, nothing to plot")
+    rows = table.reset_index(drop=True)
+    y = np.arange(len(rows))[::-1]
+    d, lo, hi, mdd = (rows[c].to_numpy(float) for c in ("diff", "lo", "hi", "mdd"))
+    fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.55 * len(rows)))
+    ax.barh(y, 2 * mdd, left=-mdd, height=0.5, color="0.88", label="±MDD (80% power)")
+    ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", color="tab:blue", capsize=3, label="A minus B, 95% CI")
+    ax.axvline(0, color="0.3", lw=0.8)
+    labels = [f"{r['a']}\n− {r['b']} (n={r['requests']}, {r['users']} users)" for r in rows.to_dict("records")]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_title(f"{spec.name}: {spec.metric}, {pairs_table.narrowed_to(spec)}", fontsize=9, pad=20)
+    ax.set_xlabel(f"A minus B, {spec.metric} (positive: A ahead)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def committed_tables(results_dir: str | Path, subset: str = "all") -> dict[str, CommittedTable]:
     """Every ablation table recomputed from the per-request rows of its records, on the requests its rows share."""
     out = {}
@@ -89,11 +118,14 @@ def committed_tables(results_dir: str | Path, subset: str = "all") -> dict[str, 
     return out
 
 
-def row_label(row: dict, reference_malformed: float) -> str:
-    """What the row changed (its system when it changed no setting: another method on the reference's record), what
-    its policy really is when GRPO kept its start (never drawn as an RL-trained row), and its malformed share beside
-    the reference's (the format effect, made visible)."""
+def row_label(row: dict, reference_malformed: float, reference_system: str) -> str:
+    """What the row changed (its system when it changed no setting: another method on the reference's record; both
+    when it changed a setting and is another system, e.g. the SFT policy of an ablated run), what its policy really
+    is when GRPO kept its start (never drawn as an RL-trained row), and its malformed share beside the reference's
+    (the format effect, made visible)."""
     what = row["setting"] if row["setting"] != "—" else row["label"]
+    if what != row["label"] and row["row"].partition(":")[2] != reference_system:
+        what += f"\n{row['label']}"
     if row["kept_start"] and what != row["label"]:
         what += f"\n{row['kept_start']}"
     return f"{what}\n({row['malformed_rate']:.0%} malformed vs {reference_malformed:.0%})"
@@ -127,10 +159,16 @@ def plot_forest(tables: dict[str, CommittedTable]) -> plt.Figure:
             for x in (-spread, spread):
                 ax.axvline(x, color="tab:orange", lw=0.8, ls="--")
         ref_bad = t.reference_malformed()
-        ax.set_yticks(y, [row_label(r, ref_bad) for r in rows.to_dict("records")], fontsize=8)
-        ax.set_title(f"{name}: {t.reference_row} minus row, {m} ({t.requests} requests, {t.users} users)", fontsize=9)
+        ax.set_yticks(y, [row_label(r, ref_bad, t.reference_system) for r in rows.to_dict("records")], fontsize=8)
+        ax.set_title(f"{name}: {t.reference_row} minus row, {m} ({t.requests} requests, {t.users} users)", fontsize=9,
+                     pad=20 if ax is axes[0, 0] else 6)  # room for the legend above the first panel
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+    entries: dict[str, object] = {}  # every panel's legend entries (replicates may be drawn in a later panel only)
+    for ax in axes[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    axes[0, 0].legend(entries.values(), entries.keys(), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                      ncol=3, frameon=False)
     axes[-1, 0].set_xlabel("reference minus ablated (positive: the removed part helps)")
     fig.tight_layout()
     return fig
@@ -273,11 +311,15 @@ def retriever_bars(committed: dict[str, CommittedTable], results_dir: str | Path
 
 
 def record_figures(
-    committed: dict[str, CommittedTable], curves: dict[str, pd.DataFrame], bars: dict[str, pd.DataFrame]
+    committed: dict[str, CommittedTable],
+    curves: dict[str, pd.DataFrame],
+    bars: dict[str, pd.DataFrame],
+    pairs: dict[str, tuple[pairs_table.PairsSpec, pd.DataFrame]],
 ) -> dict[str, plt.Figure]:
     """Every figure the committed records support, by file name: the forest plot, the top-k curves (`topk_curves`),
-    the retriever bars (`retriever_bars`), taken as built so notebook 06 tabulates and draws the same rows.
-    Notebook 06 shows them; `mrrec readme --figures` writes them beside docs/results.md."""
+    the retriever bars (`retriever_bars`), one forest per pairs table (`committed_pairs_tables`), taken as built so
+    notebook 06 tabulates and draws the same rows. Notebook 06 shows them; `mrrec readme --figures` writes them
+    beside docs/results.md."""
     figures: dict[str, plt.Figure] = {}
     if committed:
         figures["06_committed_ablations"] = plot_forest(committed)
@@ -285,6 +327,9 @@ def record_figures(
         figures["06_topk_committed"] = plot_sweep(curves, "memory_top_k")
     for name, rows in bars.items():
         figures[f"06_retriever_{name}"] = plot_retrievers(rows, f"{name}: retriever for memory and items (Fig. 5 form)")
+    for name, (spec, table) in pairs.items():
+        if not table.empty:
+            figures[f"06_pairs_{name}"] = plot_pairs(spec, table)
     return figures
 
 
