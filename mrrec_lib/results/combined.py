@@ -74,19 +74,25 @@ def spec_kind(path: str | Path) -> str:
     return _kind(yaml.safe_load(Path(path).read_text()) or {})
 
 
+def load_spec(path: Path, kind: str, required: tuple[str, ...]) -> dict:
+    """A table spec's YAML, refused with its path named when missing, of another `kind` or lacking a `required` key."""
+    if not path.exists():
+        raise FileNotFoundError(f"table spec not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if _kind(data) != kind:
+        raise ValueError(f"{path}: kind {_kind(data)!r} is not a {kind} table")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    return data
+
+
 def read_spec(path: str | Path) -> TableSpec:
     """A table spec YAML: `title`, `rows` (RUN:SYSTEM list), `reference` (one of them), `metrics`, `subsets`,
     `setting_keys` (config keys shown where a row's record differs from the reference's), `replicates` (rows that
     rerun the reference with another seed)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"table spec not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if _kind(data) != "combined":
-        raise ValueError(f"{path}: kind {data['kind']!r} is not a combined table")
-    missing = [k for k in ("title", "rows", "reference") if k not in data]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+    data = load_spec(path, "combined", ("title", "rows", "reference"))
     rows = [run_system(r, str(path)) for r in data["rows"]]
     reference = run_system(data["reference"], str(path))
     if reference not in rows:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from mrrec_lib.eval.tables import fmt, to_markdown
-from mrrec_lib.results.combined import DIGITS, record_links, run_system, signed_ci
+from mrrec_lib.results.combined import DIGITS, load_spec, record_links, run_system, signed_ci
 from mrrec_lib.results.compare import ANSWER_FORMATS, SUBSETS, compare_records
 
 KIND = "pairs"
@@ -40,14 +39,7 @@ class PairsSpec:
 
 def read_pairs_spec(path: str | Path) -> PairsSpec:
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"table spec not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if data.get("kind") != KIND:
-        raise ValueError(f"{path}: not a pairs table (kind: {data.get('kind')!r}, expected {KIND!r})")
-    missing = [k for k in ("title", "pairs") if k not in data]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+    data = load_spec(path, KIND, ("title", "pairs"))
     bad = [p for p in data["pairs"] if not isinstance(p, list) or len(p) != 2]
     if bad or not data["pairs"]:
         raise ValueError(f"{path}: `pairs` needs [A, B] items (each RUN:SYSTEM), got {bad or 'none'}")

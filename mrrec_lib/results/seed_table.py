@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
-from mrrec_lib.results.combined import DIGITS, record_links, row_label, signed_ci
+from mrrec_lib.results.combined import DIGITS, load_spec, record_links, row_label, signed_ci
 from mrrec_lib.results.compare import compare_records
 from mrrec_lib.results.layout import read_config, read_per_query
 from mrrec_lib.results.recompute import headline_column, metric_cells
@@ -45,14 +44,7 @@ class SeedSpec:
 
 def read_seed_spec(path: str | Path) -> SeedSpec:
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"table spec not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if data.get("kind") != KIND:
-        raise ValueError(f"{path}: not a seed table (kind: {data.get('kind')!r}, expected {KIND!r})")
-    missing = [k for k in ("title", "runs", "system", "baseline") if k not in data]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+    data = load_spec(path, KIND, ("title", "runs", "system", "baseline"))
     runs = [str(r) for r in data["runs"]]
     if len(runs) < 2 or len(set(runs)) != len(runs):
         raise ValueError(f"{path}: `runs` needs at least two distinct records, got {runs}")
