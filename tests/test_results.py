@@ -692,6 +692,18 @@ def test_study_plan_states_time_left_in_units_that_read_right(tmp_path, minutes,
     assert wording in text and ("~0 h" not in text)
 
 
+def _twin_record(record: Path, name: str, **changes) -> Path:
+    """A copy of `record` beside it as `name`, its config changed by `changes` (its rows are the same)."""
+    twin = record.parent / name
+    for f in record.rglob("*"):
+        if f.is_file():
+            (twin / f.relative_to(record)).parent.mkdir(parents=True, exist_ok=True)
+            (twin / f.relative_to(record)).write_bytes(f.read_bytes())
+    cfg = yaml.safe_load((twin / "config.yaml").read_text())
+    (twin / "config.yaml").write_text(yaml.safe_dump({**cfg, **changes}))
+    return twin
+
+
 def test_pairs_table_is_compare_on_the_requests_where_both_answers_parsed(run, tmp_path):
     """Each row is `mrrec compare --a-format --b-format` on its own requests; a pair not recorded yet is named; a
     rendered block edited afterwards is reported by `mrrec readme --check`."""
@@ -733,6 +745,19 @@ def test_pairs_table_is_compare_on_the_requests_where_both_answers_parsed(run, t
         pt.read_pairs_spec(spec(b_format="parsed"))
     with pytest.raises(ValueError, match=r"needs \[A, B\] items"):
         pt.read_pairs_spec(spec(pairs=[["a:mrrec", "b:mrrec", "c:mrrec"]]))
+    with pytest.raises(ValueError, match="not the B side of any pair"):
+        pt.read_pairs_spec(spec(replicates=["rep:mrrec"]))
+
+    _twin_record(rec, "rep", grpo_seed=7)
+    _twin_record(rec, "moved", grpo_seed=7, memory_top_k=5)
+    pairs = [[f"{rec.name}:mrrec", f"{rec.name}:zeroshot_none"], [f"{rec.name}:mrrec", "rep:mrrec"]]
+    table = pt.pairs_table(pt.read_pairs_spec(spec(pairs=pairs, replicates=["rep:mrrec"])), results)
+    assert table["replicate"].tolist() == [False, True] and table["diff"].iloc[1] == 0  # the same rows, retrained "noise" 0
+    assert pt.noise_lines(table) == [f"Run-to-run noise of `{rec.name}:mrrec`: the largest |Δ| of its 1 replicate "
+                                     "(another `grpo_seed`, nothing else changed) is 0.000; no other pair of it is within that."]
+    moved = [*pairs, [f"{rec.name}:mrrec", "moved:mrrec"]]
+    with pytest.raises(ValueError, match=r"also changes \['memory_top_k'\]"):
+        pt.pairs_table(pt.read_pairs_spec(spec(pairs=moved, replicates=["rep:mrrec", "moved:mrrec"])), results)
 
 
 def test_seed_table_pairs_within_each_run_and_refuses_other_changes(run, tmp_path):
@@ -747,13 +772,7 @@ def test_seed_table_pairs_within_each_run_and_refuses_other_changes(run, tmp_pat
     base_seed = yaml.safe_load((dest / "config.yaml").read_text())["seed"]
 
     def replica(name: str, **changes) -> None:
-        twin = results / name
-        for f in dest.rglob("*"):
-            if f.is_file():
-                (twin / f.relative_to(dest)).parent.mkdir(parents=True, exist_ok=True)
-                (twin / f.relative_to(dest)).write_bytes(f.read_bytes())
-        cfg = yaml.safe_load((twin / "config.yaml").read_text())
-        (twin / "config.yaml").write_text(yaml.safe_dump({**cfg, **changes}))
+        _twin_record(dest, name, **changes)
 
     def spec(*runs: str):
         path = tmp_path / "seeds.yaml"

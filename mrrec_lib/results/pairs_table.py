@@ -7,19 +7,26 @@ requests, so the pairs cannot share one reference and one request set as a combi
 one `compare.compare_records` call (the same test `mrrec compare --a-format --b-format` prints) recomputed from the
 committed per-request rows, so the block is never typed by hand. The spec is a YAML file with `kind: pairs` under
 results/tables/, rendered like a combined table (`mrrec readme --table`); pairs not recorded yet are named under it.
+
+A pair whose B is listed under `replicates` is A retrained with another `grpo_seed` and nothing else changed: its Δ
+is one draw of run-to-run training noise, which no user-bootstrap CI contains, so the block states it beside the
+pairs that share its A and names those whose |Δ| is within it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.tables import fmt, to_markdown
-from mrrec_lib.results.combined import DIGITS, load_spec, record_links, run_system, signed_ci
+from mrrec_lib.results.combined import DIGITS, REPLICATE_KEYS, load_spec, record_links, run_system, signed_ci
 from mrrec_lib.results.compare import ANSWER_FORMATS, SUBSETS, compare_records
+from mrrec_lib.results.layout import read_config
+from mrrec_lib.stages import IGNORED_KEYS
 
 KIND = "pairs"
 
@@ -35,6 +42,7 @@ class PairsSpec:
     a_format: str
     b_format: str
     subset: str
+    replicates: list[tuple[str, str]] = field(default_factory=list)  # B sides that retrain their A with another seed
 
 
 def read_pairs_spec(path: str | Path) -> PairsSpec:
@@ -51,7 +59,12 @@ def read_pairs_spec(path: str | Path) -> PairsSpec:
     subset = str(data.get("subset", "all"))
     if subset not in SUBSETS:
         raise ValueError(f"{path}: unknown subset {subset!r}; choose from {sorted(SUBSETS)}")
-    return PairsSpec(path.stem, str(data["title"]), pairs, str(data.get("metric", "N@100")), **formats, subset=subset)
+    replicates = [run_system(r, str(path)) for r in data.get("replicates", [])]
+    stray = [_name(r) for r in replicates if r not in {b for _, b in pairs}]
+    if stray:
+        raise ValueError(f"{path}: replicates {stray} are not the B side of any pair")
+    return PairsSpec(path.stem, str(data["title"]), pairs, str(data.get("metric", "N@100")), **formats, subset=subset,
+                     replicates=replicates)
 
 
 def _name(side: tuple[str, str]) -> str:
@@ -75,10 +88,39 @@ def pairs_table(spec: PairsSpec, results_dir: str | Path) -> pd.DataFrame:
         r = compare_records(results / a[0], a[1], results / b[0], b[1], (spec.metric,), spec.subset,
                             b_format=spec.b_format, a_format=spec.a_format)  # fmt: skip
         t = r["tests"][0]
-        out.append({"a": _name(a), "b": _name(b), "requests": r["shared_requests"], "users": r["shared_users"],
+        if b in spec.replicates:
+            _check_replicate(results / a[0], results / b[0])
+        out.append({"a": _name(a), "b": _name(b), "replicate": b in spec.replicates,
+                    "requests": r["shared_requests"], "users": r["shared_users"],
                     "mean_a": t["mean_a"], "mean_b": t["mean_b"], "diff": t["diff"], "lo": t["lo"], "hi": t["hi"],
                     "p": t["p_permutation"], "mdd": t["mdd"]})  # fmt: skip
     return pd.DataFrame(out)
+
+
+def _check_replicate(a: Path, b: Path) -> None:
+    """A replicate that changed more than the GRPO seed would pass an ablation off as noise."""
+    keys = [k for k in FIELDS if k not in IGNORED_KEYS]
+    moved = sorted(set(changed_keys(read_config(a), read_config(b), keys)) - set(REPLICATE_KEYS))
+    if moved:
+        raise ValueError(f"{b}: listed as a replicate of {a.name} but its config also changes {moved}")
+
+
+def noise_lines(table: pd.DataFrame) -> list[str]:
+    """Per A with replicates: the largest replicate |Δ| and the other pairs of that A whose |Δ| is within it, judged
+    at the DIGITS decimals the table prints."""
+    lines = []
+    for a, rows in table.groupby("a", sort=False):
+        rep, other = rows[rows["replicate"]], rows[~rows["replicate"]]
+        if rep.empty:
+            continue
+        spread = float(rep["diff"].abs().max())
+        inside = other.loc[other["diff"].abs().round(DIGITS) <= round(spread, DIGITS), "b"].tolist()
+        lines.append(
+            f"Run-to-run noise of `{a}`: the largest |Δ| of its {len(rep)} replicate{'s' * (len(rep) > 1)} (another "
+            f"`grpo_seed`, nothing else changed) is {spread:.{DIGITS}f}; "
+            + (f"within that: {', '.join(f'`{b}`' for b in inside)}." if inside else "no other pair of it is within that.")
+        )
+    return lines
 
 
 def narrowed_to(spec: PairsSpec) -> str:
@@ -105,7 +147,7 @@ def pairs_markdown(spec: PairsSpec, results_dir: str | Path, link_base: Path) ->
     runs = dict.fromkeys(s[0] for pair in spec.pairs for s in pair if (results / s[0]).is_dir())
     m = spec.metric
     rows = [{
-        "Comparison (A − B)": f"`{r['a']}` − `{r['b']}`",
+        "Comparison (A − B)": f"`{r['a']}` − `{r['b']}`" + (" (replicate)" if r["replicate"] else ""),
         "Requests (users)": f"{r['requests']} ({r['users']})",
         f"{m} A vs B": f"{r['mean_a']:.{DIGITS}f} vs {r['mean_b']:.{DIGITS}f}",
         f"Δ {m} [CI]": signed_ci(r["diff"], r["lo"], r["hi"]),
@@ -121,6 +163,8 @@ def pairs_markdown(spec: PairsSpec, results_dir: str | Path, link_base: Path) ->
         "",
         to_markdown(pd.DataFrame(rows)).rstrip("\n") if rows else "No pair recorded yet.",
     ]
+    if rows:
+        lines += [f"\n{line}" for line in noise_lines(table)]
     if missing:
         lines += ["", "Not recorded yet: " + ", ".join(f"`{p}`" for p in missing) + "."]
     return "\n".join(lines) + "\n"

@@ -89,7 +89,8 @@ def committed_pairs_tables(results_dir: str | Path) -> dict[str, tuple[pairs_tab
 
 def plot_pairs(spec: pairs_table.PairsSpec, table: pd.DataFrame) -> plt.Figure:
     """A pairs table as a forest: A minus B with its 95% user-cluster CI, each pair over its own MDD band, labelled
-    with its n, since every pair stands on its own requests (a wide band says how little a small n can detect)."""
+    with its n, since every pair stands on its own requests (a wide band says how little a small n can detect);
+    replicates (A retrained with another seed) as orange diamonds, the noise the other pairs of that A are read against."""
     if table.empty:
         raise ValueError(f"pairs table {spec.name}: no pair recorded yet, nothing to plot")
     rows = table.reset_index(drop=True)
@@ -98,13 +99,17 @@ def plot_pairs(spec: pairs_table.PairsSpec, table: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.55 * len(rows)))
     ax.barh(y, 2 * mdd, left=-mdd, height=0.5, color="0.88", label="±MDD (80% power)")
     ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", color="tab:blue", capsize=3, label="A minus B, 95% CI")
+    replicate = rows["replicate"].to_numpy(bool)
+    if replicate.any():
+        ax.plot(d[replicate], y[replicate], "D", color="tab:orange", markersize=9, zorder=3,
+                label="replicate: A with another seed")
     ax.axvline(0, color="0.3", lw=0.8)
     labels = [f"{r['a']}\n− {r['b']} (n={r['requests']}, {r['users']} users)" for r in rows.to_dict("records")]
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_title(f"{spec.name}: {spec.metric}, {pairs_table.narrowed_to(spec)}", fontsize=9, pad=20)
     ax.set_xlabel(f"A minus B, {spec.metric} (positive: A ahead)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
 
