@@ -131,7 +131,7 @@ def narrowed_to(spec: PairsSpec) -> str:
         parts = [f"{side}'s answer {f}" for side, f in (("A", spec.a_format), ("B", spec.b_format)) if f != "any"]
     if spec.subset != "all":
         parts.append(f"subset {spec.subset}")
-    return " and ".join(parts) or "no filter"
+    return " and ".join(parts)
 
 
 def _flags(spec: PairsSpec) -> str:
@@ -156,10 +156,10 @@ def pairs_markdown(spec: PairsSpec, results_dir: str | Path, link_base: Path) ->
     } for r in table.to_dict("records")]
     lines = [
         f"{spec.title} Rendered by `mrrec readme --table results/tables/{spec.name}.yaml` from the per-request rows of "
-        f"{record_links(results, runs, link_base)}: each pair on the requests both records scored, narrowed to "
-        f"{narrowed_to(spec)} (`mrrec compare A B{_flags(spec)}`), so each "
-        "row has its own n; Δ = A minus B paired by request, 95% CI from resampling users, sign-flip p unadjusted, "
-        "MDD at 80% power.",
+        f"{record_links(results, runs, link_base)}: each pair on the requests both records scored"
+        + (f", narrowed to {narrowed_to(spec)}" if narrowed_to(spec) else "")
+        + f" (`mrrec compare A B{_flags(spec)}`), so each row has its own n; Δ = A minus B paired by request, 95% CI "
+        "from resampling users, sign-flip p unadjusted, MDD at 80% power.",
         "",
         to_markdown(pd.DataFrame(rows)).rstrip("\n") if rows else "No pair recorded yet.",
     ]

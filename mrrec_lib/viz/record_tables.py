@@ -106,7 +106,8 @@ def plot_pairs(spec: pairs_table.PairsSpec, table: pd.DataFrame) -> plt.Figure:
     ax.axvline(0, color="0.3", lw=0.8)
     labels = [f"{r['a']}\n− {r['b']} (n={r['requests']}, {r['users']} users)" for r in rows.to_dict("records")]
     ax.set_yticks(y, labels, fontsize=7)
-    ax.set_title(f"{spec.name}: {spec.metric}, {pairs_table.narrowed_to(spec)}", fontsize=9, pad=20)
+    ax.set_title(", ".join(filter(None, (f"{spec.name}: {spec.metric}", pairs_table.narrowed_to(spec)))), fontsize=9,
+                 pad=20)
     ax.set_xlabel(f"A minus B, {spec.metric} (positive: A ahead)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
