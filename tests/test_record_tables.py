@@ -173,7 +173,7 @@ def test_both_parsed_table_reproduces_the_committed_comparisons():
     bands = rt.plot_pairs(spec, table.reset_index()).get_axes()[0].patches  # each pair over its own ±MDD band
     assert [p.get_width() for p in bands] == pytest.approx((2 * table["mdd"]).tolist())
     noise = pt.noise_lines(table.reset_index())  # the probe reference's parsed profiles against its GRPO-seed replicates
-    assert len(noise) == 1 and noise[0].startswith("Run-to-run noise of `default-grpo-probe:mrrec`")
+    assert noise[0].startswith("Run-to-run noise of `default-grpo-probe:mrrec`") and "`grpo-probe-no_global_memory" in noise[0]
     for ablation in ("no_global_memory", "no_local_memory"):
         cli = json.loads((ROOT / f"docs/comparisons/both-parsed_full_default_vs_{ablation}.json").read_text())
         assert (cli["a_format"], cli["b_format"]) == ("wellformed", "wellformed")

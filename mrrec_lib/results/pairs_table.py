@@ -29,6 +29,8 @@ from mrrec_lib.results.layout import read_config
 from mrrec_lib.stages import IGNORED_KEYS
 
 KIND = "pairs"
+# What a replicate may change: the GRPO seed, and which rows its stage 05 scored (a replicate run scores only its policy).
+REPLICA_KEYS = (*REPLICATE_KEYS, "eval_systems")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def pairs_table(spec: PairsSpec, results_dir: str | Path) -> pd.DataFrame:
 def _check_replicate(a: Path, b: Path) -> None:
     """A replicate that changed more than the GRPO seed would pass an ablation off as noise."""
     keys = [k for k in FIELDS if k not in IGNORED_KEYS]
-    moved = sorted(set(changed_keys(read_config(a), read_config(b), keys)) - set(REPLICATE_KEYS))
+    moved = sorted(set(changed_keys(read_config(a), read_config(b), keys)) - set(REPLICA_KEYS))
     if moved:
         raise ValueError(f"{b}: listed as a replicate of {a.name} but its config also changes {moved}")
 
