@@ -340,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--figures",
-        help="write the figures the committed ablation records support (forest plot, top-k curve, retriever bars) "
-        "as PNGs into this folder, e.g. docs/figures",
+        help="write the figures the committed ablation records support (forest plot, top-k curve, retriever bars, pairs "
+        "forests) as PNGs into this folder, e.g. docs/figures",
     )
     m.add_argument(
         "--check",
