@@ -35,6 +35,7 @@ from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
 from mrrec_lib.results.compare import SUBSETS, compare_records, select_subset
 from mrrec_lib.results.layout import read_config, read_eval_metrics, read_per_query
 from mrrec_lib.results.recompute import headline_column, metric_cells
+from mrrec_lib.stages import IGNORED_KEYS
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ def run_system(spec: str, where: str) -> tuple[str, str]:
     if not sep or not run or not system:
         raise ValueError(f"{where}: expected RUN:SYSTEM, got {spec!r}")
     return run, system
+
+
+def changed_beyond(ref_cfg: Any, cfg: Any, allowed: tuple[str, ...]) -> list[str]:
+    """The config keys (run-naming keys ignored) in which `cfg` differs from `ref_cfg`, other than `allowed`: what a
+    replicate must not change, or it would pass an ablation off as noise."""
+    keys = [k for k in FIELDS if k not in IGNORED_KEYS]
+    return sorted(set(changed_keys(ref_cfg, cfg, keys)) - set(allowed))
+
+
+def inside_spread(diffs: pd.Series, spread: float) -> pd.Series:
+    """Which differences are no larger than a replicate spread, compared at the DIGITS decimals the tables print: a
+    row shown with the same |Δ| as the widest replicate (0.0374 vs 0.0369, both "0.037") is inside it, as read."""
+    return diffs.abs().round(DIGITS) <= round(spread, DIGITS)
 
 
 def _kind(data: dict) -> str:
@@ -206,13 +220,12 @@ def _compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def within_noise(table: pd.DataFrame, metric: str) -> list[str]:
     """The other rows (ablations, other systems) whose |difference| from the reference is no larger than the
-    replicates' spread, compared at the DIGITS decimals the table prints: a row shown with the same |Δ| as the widest
-    replicate (0.0374 vs 0.0369, both "0.037") is inside it, as the reader sees it."""
+    replicates' spread (`inside_spread`)."""
     spread = run_to_run(table, metric)
     if math.isnan(spread):
         return []
     rows = _compared(table, metric)
-    return rows.loc[rows[f"d_{metric}"].abs().round(DIGITS) <= round(spread, DIGITS), "row"].tolist()
+    return rows.loc[inside_spread(rows[f"d_{metric}"], spread), "row"].tolist()
 
 
 def record_links(results: Path, runs: Iterable[str], link_base: Path) -> str:

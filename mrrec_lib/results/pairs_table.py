@@ -21,12 +21,19 @@ from typing import Any
 
 import pandas as pd
 
-from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.tables import fmt, to_markdown
-from mrrec_lib.results.combined import DIGITS, REPLICATE_KEYS, load_spec, record_links, run_system, signed_ci
+from mrrec_lib.results.combined import (
+    DIGITS,
+    REPLICATE_KEYS,
+    changed_beyond,
+    inside_spread,
+    load_spec,
+    record_links,
+    run_system,
+    signed_ci,
+)
 from mrrec_lib.results.compare import ANSWER_FORMATS, SUBSETS, compare_records
 from mrrec_lib.results.layout import read_config
-from mrrec_lib.stages import IGNORED_KEYS
 
 KIND = "pairs"
 # What a replicate may change: the GRPO seed, and which rows its stage 05 scored (a replicate run scores only its policy).
@@ -101,22 +108,21 @@ def pairs_table(spec: PairsSpec, results_dir: str | Path) -> pd.DataFrame:
 
 def _check_replicate(a: Path, b: Path) -> None:
     """A replicate that changed more than the GRPO seed would pass an ablation off as noise."""
-    keys = [k for k in FIELDS if k not in IGNORED_KEYS]
-    moved = sorted(set(changed_keys(read_config(a), read_config(b), keys)) - set(REPLICA_KEYS))
+    moved = changed_beyond(read_config(a), read_config(b), REPLICA_KEYS)
     if moved:
         raise ValueError(f"{b}: listed as a replicate of {a.name} but its config also changes {moved}")
 
 
 def noise_lines(table: pd.DataFrame) -> list[str]:
-    """Per A with replicates: the largest replicate |Δ| and the other pairs of that A whose |Δ| is within it, judged
-    at the DIGITS decimals the table prints."""
+    """Per A with replicates: the largest replicate |Δ| and the other pairs of that A whose |Δ| is within it
+    (`inside_spread`)."""
     lines = []
     for a, rows in table.groupby("a", sort=False):
         rep, other = rows[rows["replicate"]], rows[~rows["replicate"]]
         if rep.empty:
             continue
         spread = float(rep["diff"].abs().max())
-        inside = other.loc[other["diff"].abs().round(DIGITS) <= round(spread, DIGITS), "b"].tolist()
+        inside = other.loc[inside_spread(other["diff"], spread), "b"].tolist()
         lines.append(
             f"Run-to-run noise of `{a}`: the largest |Δ| of its {len(rep)} replicate{'s' * (len(rep) > 1)} (another "
             f"`grpo_seed`, nothing else changed) is {spread:.{DIGITS}f}; "

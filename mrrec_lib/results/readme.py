@@ -243,21 +243,21 @@ def outdated_blocks(doc_path: str | Path, results_dir: str | Path) -> list[str]:
     what its records say, and a record, spec or plan changed without re-rendering leaves it silently behind."""
     doc, results = Path(doc_path), Path(results_dir)
     text = doc.read_text()
-    expected: dict[str, tuple[tuple[str, str], str]] = {}
+    expected: list[tuple[str, tuple[str, str], str]] = []  # (re-render option, markers, block the records give now)
     for kind, name in _MARKED.findall(text):
         if kind == "table":
             spec = results / "tables" / f"{name}.yaml"
-            expected[f"--table {spec}"] = table_markers(name), table_block(spec, results, doc.parent)[1]
+            expected.append((f"--table {spec}", table_markers(name), table_block(spec, results, doc.parent)[1]))
         else:
             plan = results / f"{name}.json"
-            expected[f"--study {plan}"] = study_markers(name), study_markdown(plan)
+            expected.append((f"--study {plan}", study_markers(name), study_markdown(plan)))
     if START in text:
         run = _TABLE1_RUN.search(_current(text, (START, END)))
         if not run:
             return [f"{doc}: Table 1 block does not name its record (`mrrec readme --run NAME`)"]
         record = record_dir(results, run.group(1))
-        expected[f"--run {run.group(1)}"] = (START, END), table1_markdown(record, doc.parent)[0]
+        expected.append((f"--run {run.group(1)}", (START, END), table1_markdown(record, doc.parent)[0]))
         if BENCH_START in text:
-            expected[f"--run {run.group(1)} (benchmark summary)"] = (BENCH_START, BENCH_END), benchmark_markdown(record)
-    return [f"{doc}: outdated, re-render with `mrrec readme {how.split(' (')[0]} --readme {doc}`"
-            for how, (markers, block) in expected.items() if _current(text, markers) != block]
+            expected.append((f"--run {run.group(1)}", (BENCH_START, BENCH_END), benchmark_markdown(record)))
+    return [f"{doc}: outdated, re-render with `mrrec readme {option} --readme {doc}`"
+            for option, markers, block in expected if _current(text, markers) != block]

@@ -17,13 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from mrrec_lib.config import FIELDS, changed_keys
 from mrrec_lib.eval.tables import fmt, fmt_ci, to_markdown
-from mrrec_lib.results.combined import DIGITS, load_spec, record_links, row_label, signed_ci
+from mrrec_lib.results.combined import DIGITS, changed_beyond, load_spec, record_links, row_label, signed_ci
 from mrrec_lib.results.compare import compare_records
 from mrrec_lib.results.layout import read_config, read_per_query
 from mrrec_lib.results.recompute import headline_column, metric_cells
-from mrrec_lib.stages import IGNORED_KEYS
 
 KIND = "seeds"
 # What a replica may change besides `seed`: which rows its stage 05 scored (the compared two must be among them).
@@ -54,8 +52,7 @@ def read_seed_spec(path: str | Path) -> SeedSpec:
 
 def _check_replica(cfg: Any, base_cfg: Any, record: Path, base: str) -> None:
     """A replica that changed more than the seed would pass a different configuration off as a new split."""
-    keys = [k for k in FIELDS if k not in IGNORED_KEYS]
-    moved = sorted(set(changed_keys(base_cfg, cfg, keys)) - set(REPLICA_KEYS))
+    moved = changed_beyond(base_cfg, cfg, REPLICA_KEYS)
     if moved:
         raise ValueError(f"{record}: listed as a seed replica of {base} but its config also changes {moved}")
 

@@ -64,26 +64,28 @@ class CommittedTable:
         return float(self.table.loc[self.table["row"] == self.reference_row, "malformed_rate"].iloc[0])
 
 
-def ablation_specs(results_dir: str | Path) -> list[TableSpec]:
-    """The table specs under `<results_dir>/tables/` that declare `setting_keys`, by file name."""
+def spec_paths(results_dir: str | Path, kind: str) -> list[Path]:
+    """The table specs of `kind` under `<results_dir>/tables/`, by file name."""
     folder = Path(results_dir) / "tables"
     if not folder.is_dir():
         raise FileNotFoundError(f"no table specs: {folder} does not exist (the committed results/ folder)")
-    combined = [p for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == "combined"]
-    return [s for s in map(read_spec, combined) if s.setting_keys]
+    return [p for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == kind]
+
+
+def ablation_specs(results_dir: str | Path) -> list[TableSpec]:
+    """The table specs under `<results_dir>/tables/` that declare `setting_keys`, by file name."""
+    return [s for s in map(read_spec, spec_paths(results_dir, "combined")) if s.setting_keys]
 
 
 def committed_seed_tables(results_dir: str | Path) -> dict[str, tuple[seed_table.SeedSpec, pd.DataFrame]]:
     """Every data-seed table (`kind: seeds` specs): each recorded replica against its own run's baseline."""
-    folder = Path(results_dir) / "tables"
-    specs = [seed_table.read_seed_spec(p) for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == seed_table.KIND]
+    specs = map(seed_table.read_seed_spec, spec_paths(results_dir, seed_table.KIND))
     return {s.name: (s, seed_table.seed_table(s, results_dir)) for s in specs}
 
 
 def committed_pairs_tables(results_dir: str | Path) -> dict[str, tuple[pairs_table.PairsSpec, pd.DataFrame]]:
     """Every pairs table (`kind: pairs` specs, e.g. where both answers parsed): each recorded pair's `compare` test."""
-    folder = Path(results_dir) / "tables"
-    specs = [pairs_table.read_pairs_spec(p) for p in sorted(folder.glob("*.yaml")) if spec_kind(p) == pairs_table.KIND]
+    specs = map(pairs_table.read_pairs_spec, spec_paths(results_dir, pairs_table.KIND))
     return {s.name: (s, pairs_table.pairs_table(s, results_dir)) for s in specs}
 
 
