@@ -7,9 +7,10 @@ stage prefix of any other run (`ablate.seed_from_donor`). Runs queued earlier in
 finished, because they will be by the time a later one starts, and a run whose stage 05 trains the Rec-R1
 companion first (`runner._needs_recr1_companion`) also pays for the companion's stages 01-04. A stage that an
 earlier `--partial` invocation paused at its deadline resumes from its checkpoints, so its price is reduced: a
-training stage by the share of its steps its newest checkpoint holds, the evaluation by the share of its work the
-per-request rows already logged hold (each system's rows weighted by its seconds per request), any other by the
-time it already spent (`resumed_seconds`).
+training stage by the share of its steps its newest checkpoint holds, the evaluation by the rows each system still
+lacks at the seconds per request its logged rows took (a policy's own answer length sets its speed: grpo_seed_1
+decoded at 6.2 s per request where the records' median is 4.1), any other by the time it already spent
+(`resumed_seconds`).
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
 rough, so once the base run has measured a stage with the base params, that measurement sets the scale
@@ -104,12 +105,13 @@ def finished_stages(outputs: Path) -> dict[str, Hashes]:
 class Paused(NamedTuple):
     """A stage paused at a deadline: the config it ran under, its wall time so far and, for a training stage, the
     newest checkpoint's step and the trainer's step budget (`checkpoint_steps`); for the evaluation, the rows
-    each system has logged (`logged_rows`)."""
+    each system has logged and their mean seconds per request (`logged_rows`, `logged_latency`)."""
 
     hash: str
     seconds: float
     steps: tuple[int, int] | None = None
     rows: dict[str, int] | None = None
+    latency: dict[str, float] | None = None
 
 
 def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
@@ -125,15 +127,31 @@ def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
     return max(found) if found else None
 
 
-def logged_rows(paths: RunPaths) -> dict[str, int]:
-    """Per system, the per-request rows of its newest stage-05 log (`logs/05_eval/<system>-<fingerprint>.jsonl`),
-    which a resumed evaluation keeps; an older log of the same system was written under another fingerprint."""
+def _newest_logs(paths: RunPaths) -> dict[str, list[dict]]:
+    """Per system, the rows of its newest stage-05 log (`logs/05_eval/<system>-<fingerprint>.jsonl`), which a resumed
+    evaluation keeps; an older log of the same system was written under another fingerprint."""
     newest: dict[str, Path] = {}
     for log in sorted((paths.logs / "05_eval").glob("*-*.jsonl")):
         system = log.stem.rsplit("-", 1)[0]
         if system not in newest or log.stat().st_mtime > newest[system].stat().st_mtime:
             newest[system] = log
-    return {system: len(read_jsonl(log)) for system, log in newest.items()}
+    return {system: read_jsonl(log) for system, log in newest.items()}
+
+
+def logged_rows(paths: RunPaths) -> dict[str, int]:
+    """Per system, the per-request rows a resumed evaluation keeps."""
+    return {system: len(rows) for system, rows in _newest_logs(paths).items()}
+
+
+def logged_latency(paths: RunPaths) -> dict[str, float]:
+    """Per system, the mean seconds per request of the rows it logged; a system whose rows carry no latency is left
+    out (priced by `mrrec estimate`)."""
+    out = {}
+    for system, rows in _newest_logs(paths).items():
+        seconds = [float(r["latency_s"]) for r in rows if r.get("latency_s") is not None]
+        if seconds:
+            out[system] = sum(seconds) / len(seconds)
+    return out
 
 
 def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
@@ -145,9 +163,9 @@ def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
         paths = RunPaths(folder)
         if found := stages.read_paused(paths):
             out[folder.name] = {
-                s: Paused(
-                    p["hash"], float(p["seconds"]), checkpoint_steps(paths, s), logged_rows(paths) if s == "05" else None
-                )
+                s: Paused(p["hash"], float(p["seconds"]), checkpoint_steps(paths, s))
+                if s != "05"
+                else Paused(p["hash"], float(p["seconds"]), None, logged_rows(paths), logged_latency(paths))
                 for s, p in found.items()
             }
     return out
@@ -158,9 +176,10 @@ def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) 
 
     A trainer checkpoint measures a training stage's progress in steps (the graceful stop saves one at the step it
     stops at), so the rest is priced as the share of steps left. An evaluation's logged rows measure its progress
-    given `work` (requests per system, seconds per request): the rest is the share of weighted rows left, since a
-    query row costs milliseconds and a policy row seconds. Otherwise, the price less the time already spent, never
-    below `RESUME_FLOOR` of it.
+    given `work` (requests per system, seconds per request): the rest is the weighted rows left over the weighted
+    total, since a query row costs milliseconds and a policy row seconds, and a system that logged its latency is
+    weighted by it rather than by the estimate. Otherwise, the price less the time already spent, never below
+    `RESUME_FLOOR` of it.
     """
     if paused.steps is not None:
         step, max_steps = paused.steps
@@ -169,7 +188,8 @@ def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) 
         requests, per_request = work
         total = requests * sum(per_request.values())
         if total > 0:
-            left = sum(max(0, requests - paused.rows.get(s, 0)) * sec for s, sec in per_request.items())
+            rate = per_request | {s: sec for s, sec in (paused.latency or {}).items() if s in per_request}
+            left = sum(max(0, requests - paused.rows.get(s, 0)) * rate[s] for s in per_request)
             return price * left / total
     return max(price - paused.seconds, RESUME_FLOOR * price)
 

@@ -185,8 +185,8 @@ def test_a_paused_stage_is_priced_less_its_spent_time_under_its_own_hash_only(tm
     write_json(tmp_path / "abl-other" / "paused.json", {"04": {"hash": "not-this-config", "seconds": 60.0}})
     paused = study_cost.paused_stages(tmp_path)
     assert paused == {
-        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None, None)},
-        "abl-other": {"04": ("not-this-config", 60.0, None, None)},
+        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None, None, None)},
+        "abl-other": {"04": ("not-this-config", 60.0, None, None, None)},
     }
     assert study_cost.paused_stages(tmp_path / "missing") == {}
 
@@ -231,6 +231,26 @@ def test_a_paused_evaluation_is_priced_by_the_weighted_rows_each_system_still_la
     assert resumed.seconds == pytest.approx(600.0 * 8.0 / 10.1)  # not 600 - 1000 s spent, floored at 300
     assert study_cost.resumed_seconds(600.0, paused["05"], (10, {"mrrec": 0.0})) == 300.0  # no weight: time floor
     assert study_cost.resumed_seconds(600.0, paused["05"]) == 300.0
+
+
+def test_a_paused_evaluation_prices_its_rest_at_the_speed_its_logged_rows_took(tmp_path):
+    """A policy that writes longer answers than the records' median pays for them in the rows it still lacks."""
+    from mrrec_lib.runs import RunPaths, append_jsonl
+
+    run = RunPaths(tmp_path / "abl-grpo_seed_2")
+    logs = run.logs / "05_eval"
+    logs.mkdir(parents=True)
+    append_jsonl(logs / "mrrec-aaaaaaaaaaaa.jsonl", [{"qid": f"q{i}", "latency_s": 1.0 + i % 2} for i in range(4)])
+    append_jsonl(logs / "query_dense-bbbbbbbbbbbb.jsonl", [{"qid": "q0"}])  # no latency logged: the estimate prices it
+    assert study_cost.logged_latency(run) == {"mrrec": 1.5}
+
+    paused = study_cost.Paused("h05", 100.0, None, study_cost.logged_rows(run), study_cost.logged_latency(run))
+    # estimated 1 s per policy row and 0.5 s per query row: 6 policy rows left at 1.5 s, 9 query rows at 0.5 s
+    work = (10, {"mrrec": 1.0, "query_dense": 0.5})
+    assert study_cost.resumed_seconds(600.0, paused, work) == pytest.approx(600.0 * (6 * 1.5 + 9 * 0.5) / 15.0)
+    assert study_cost.resumed_seconds(600.0, paused._replace(latency=None), work) == pytest.approx(
+        600.0 * (6 * 1.0 + 9 * 0.5) / 15.0
+    )
 
 
 def test_a_paused_training_stage_reports_its_newest_complete_checkpoint(tmp_path):
