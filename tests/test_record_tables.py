@@ -174,7 +174,7 @@ def test_both_parsed_table_reproduces_the_committed_comparisons():
     assert [p.get_width() for p in bands] == pytest.approx((2 * table["mdd"]).tolist())
     noise = pt.noise_lines(table)  # the probe reference's parsed profiles against its GRPO-seed replicates
     assert noise[0].startswith("Run-to-run noise of `default-grpo-probe:mrrec`") and "`grpo-probe-no_global_memory" in noise[0]
-    for ablation in ("no_global_memory", "no_local_memory", "local_records_only"):
+    for ablation in ("no_global_memory", "no_local_memory", "local_records_only", "local_patterns_only"):
         cli = json.loads((ROOT / f"docs/comparisons/both-parsed_full_default_vs_{ablation}.json").read_text())
         assert (cli["a_format"], cli["b_format"]) == ("wellformed", "wellformed")
         row = table.set_index(["a", "b"]).loc[("default:mrrec", f"abl-{ablation}:mrrec")]
