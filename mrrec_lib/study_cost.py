@@ -9,8 +9,8 @@ companion first (`runner._needs_recr1_companion`) also pays for the companion's 
 earlier `--partial` invocation paused at its deadline resumes from its checkpoints, so its price is reduced: a
 training stage by the share of its steps its newest checkpoint holds, the evaluation by the rows each system still
 lacks at the seconds per request its logged rows took (a policy's own answer length sets its speed: grpo_seed_1
-decoded at 6.2 s per request where the records' median is 4.1), any other by the time it already spent
-(`resumed_seconds`).
+decoded at 6.2 s per request where the records' median is 4.1; a GRPO policy not yet started at its SFT start's
+speed, `GRPO_START`), any other by the time it already spent (`resumed_seconds`).
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
 rough, so once the base run has measured a stage with the base params, that measurement sets the scale
@@ -38,6 +38,11 @@ COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companio
 # parts file and may run slower than priced (grpo-probe-topk_4 had spent 52 of its 57 priced minutes at step 14 of 20,
 # checkpoint 10).
 RESUME_FLOOR = 0.5
+# A paused evaluation scores the SFT policy before the GRPO policy trained from it, so the GRPO rows may be unstarted.
+# Their speed is the SFT policy's logged speed, not the records' median: a few GRPO steps barely change answer length
+# (full-size runs: GRPO/SFT seconds per request 0.86-1.01), and local_patterns_only's GRPO rows, priced at the
+# median 4.15 s, took 5.76 s where its SFT rows had logged 5.88 (94 min of stage 05 against 70 priced).
+GRPO_START = {"mrrec": "mrrec_sft"}
 
 StageSeconds = Callable[[tuple[Path, ...]], dict[str, float]]
 EvalWork = tuple[int, dict[str, float]]  # requests each system scores, and its seconds per request
@@ -178,7 +183,7 @@ def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) 
     stops at), so the rest is priced as the share of steps left. An evaluation's logged rows measure its progress
     given `work` (requests per system, seconds per request): the rest is the weighted rows left over the weighted
     total, since a query row costs milliseconds and a policy row seconds, and a system that logged its latency is
-    weighted by it rather than by the estimate. Otherwise, the price less the time already spent, never below
+    weighted by it rather than by the estimate (an unstarted GRPO policy by its SFT start's, `GRPO_START`). Otherwise, the price less the time already spent, never below
     `RESUME_FLOOR` of it.
     """
     if paused.steps is not None:
@@ -188,7 +193,9 @@ def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) 
         requests, per_request = work
         total = requests * sum(per_request.values())
         if total > 0:
-            rate = per_request | {s: sec for s, sec in (paused.latency or {}).items() if s in per_request}
+            logged = paused.latency or {}
+            start = {s: logged[sft] for s, sft in GRPO_START.items() if s not in logged and sft in logged}
+            rate = per_request | {s: sec for s, sec in (start | logged).items() if s in per_request}
             left = sum(max(0, requests - paused.rows.get(s, 0)) * rate[s] for s in per_request)
             return price * left / total
     return max(price - paused.seconds, RESUME_FLOOR * price)

@@ -253,6 +253,21 @@ def test_a_paused_evaluation_prices_its_rest_at_the_speed_its_logged_rows_took(t
     )
 
 
+def test_an_unstarted_grpo_evaluation_is_priced_at_its_sft_starts_logged_speed(tmp_path):
+    """The GRPO policy is scored after its SFT start, from which a few steps barely move answer length."""
+    from mrrec_lib.runs import RunPaths, append_jsonl
+
+    run = RunPaths(tmp_path / "abl-local_patterns_only")
+    (run.logs / "05_eval").mkdir(parents=True)
+    append_jsonl(run.logs / "05_eval/mrrec_sft-aaaaaaaaaaaa.jsonl", [{"qid": f"q{i}", "latency_s": 6.0} for i in range(6)])
+    paused = study_cost.Paused("h05", 100.0, None, study_cost.logged_rows(run), study_cost.logged_latency(run))
+    work = (10, {"mrrec_sft": 6.0, "mrrec": 4.0})  # the estimate prices the GRPO rows at the records' median
+    assert study_cost.resumed_seconds(600.0, paused, work) == pytest.approx(600.0 * (4 * 6.0 + 10 * 6.0) / 100.0)
+    append_jsonl(run.logs / "05_eval/mrrec-bbbbbbbbbbbb.jsonl", [{"qid": "q0", "latency_s": 5.0}])
+    paused = paused._replace(rows=study_cost.logged_rows(run), latency=study_cost.logged_latency(run))
+    assert study_cost.resumed_seconds(600.0, paused, work) == pytest.approx(600.0 * (4 * 6.0 + 9 * 5.0) / 100.0)
+
+
 def test_a_paused_training_stage_reports_its_newest_complete_checkpoint(tmp_path):
     from mrrec_lib.runs import RunPaths
     from mrrec_lib.train.checkpoints import checkpoints_dir
