@@ -10,7 +10,8 @@ earlier `--partial` invocation paused at its deadline resumes from its checkpoin
 training stage by the share of its steps its newest checkpoint holds, the evaluation by the rows each system still
 lacks at the seconds per request its logged rows took (a policy's own answer length sets its speed: grpo_seed_1
 decoded at 6.2 s per request where the records' median is 4.1; a GRPO policy not yet started at its SFT start's
-speed, `GRPO_START`), any other by the time it already spent (`resumed_seconds`).
+speed, `GRPO_START`, and not at all if GRPO kept that start, whose answers stage 05 reuses), any other by the time
+it already spent (`resumed_seconds`).
 
 Per-stage seconds come from `estimate.estimate` (benchmark speeds times data sizes). Its absolute figures are
 rough, so once the base run has measured a stage with the base params, that measurement sets the scale
@@ -29,7 +30,14 @@ from mrrec_lib.ablate import STAGE_ARTEFACTS
 from mrrec_lib.config import Config, load_config
 from mrrec_lib.estimate import estimate
 from mrrec_lib.runs import RunPaths, read_json, read_jsonl, resolve
-from mrrec_lib.train.checkpoints import STAGE_OF, checkpoints_dir, trainer_state
+from mrrec_lib.train.checkpoints import (
+    POLICY_META,
+    STAGE_OF,
+    checkpoints_dir,
+    final_dir,
+    read_policy_meta,
+    trainer_state,
+)
 
 STAGE_ORDER = tuple(STAGE_ARTEFACTS)  # the stages a study run executes, in order
 COMPANION_STAGES = ("01", "02", "03", "04")  # what `ablate.train_recr1_companion` runs
@@ -110,13 +118,15 @@ def finished_stages(outputs: Path) -> dict[str, Hashes]:
 class Paused(NamedTuple):
     """A stage paused at a deadline: the config it ran under, its wall time so far and, for a training stage, the
     newest checkpoint's step and the trainer's step budget (`checkpoint_steps`); for the evaluation, the rows
-    each system has logged and their mean seconds per request (`logged_rows`, `logged_latency`)."""
+    each system has logged, their mean seconds per request (`logged_rows`, `logged_latency`) and the systems whose
+    answers it reuses from another's instead of decoding (`reused_systems`)."""
 
     hash: str
     seconds: float
     steps: tuple[int, int] | None = None
     rows: dict[str, int] | None = None
     latency: dict[str, float] | None = None
+    reused: tuple[str, ...] = ()
 
 
 def checkpoint_steps(paths: RunPaths, stage: str) -> tuple[int, int] | None:
@@ -159,6 +169,18 @@ def logged_latency(paths: RunPaths) -> dict[str, float]:
     return out
 
 
+def reused_systems(paths: RunPaths) -> tuple[str, ...]:
+    """The GRPO systems whose policy is their SFT start unchanged (stage 04 published step 0), which stage 05 scores
+    by reusing the SFT policy's answers (`evaluate.unchanged_policy`): local_records_only's kept step 0, and its
+    stage 05, priced 91 min with 801 GRPO rows to decode, took 33."""
+    d = final_dir(paths, "grpo")
+    if not (d / POLICY_META).exists():
+        return ()
+    meta = read_policy_meta(d)
+    kept = meta.get("best_step") == 0 and meta.get("base") == {"which": "sft"}
+    return tuple(GRPO_START) if kept else ()
+
+
 def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
     """Per run folder under outputs/, each stage paused at a deadline."""
     if not outputs.exists():
@@ -170,7 +192,9 @@ def paused_stages(outputs: Path) -> dict[str, dict[str, Paused]]:
             out[folder.name] = {
                 s: Paused(p["hash"], float(p["seconds"]), checkpoint_steps(paths, s))
                 if s != "05"
-                else Paused(p["hash"], float(p["seconds"]), None, logged_rows(paths), logged_latency(paths))
+                else Paused(
+                    p["hash"], float(p["seconds"]), None, logged_rows(paths), logged_latency(paths), reused_systems(paths)
+                )
                 for s, p in found.items()
             }
     return out
@@ -183,7 +207,8 @@ def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) 
     stops at), so the rest is priced as the share of steps left. An evaluation's logged rows measure its progress
     given `work` (requests per system, seconds per request): the rest is the weighted rows left over the weighted
     total, since a query row costs milliseconds and a policy row seconds, and a system that logged its latency is
-    weighted by it rather than by the estimate (an unstarted GRPO policy by its SFT start's, `GRPO_START`). Otherwise, the price less the time already spent, never below
+    weighted by it rather than by the estimate (an unstarted GRPO policy by its SFT start's, `GRPO_START`; one whose
+    answers are reused costs nothing). Otherwise, the price less the time already spent, never below
     `RESUME_FLOOR` of it.
     """
     if paused.steps is not None:
@@ -196,6 +221,7 @@ def resumed_seconds(price: float, paused: Paused, work: EvalWork | None = None) 
             logged = paused.latency or {}
             start = {s: logged[sft] for s, sft in GRPO_START.items() if s not in logged and sft in logged}
             rate = per_request | {s: sec for s, sec in (start | logged).items() if s in per_request}
+            rate |= {s: 0.0 for s in paused.reused if s in per_request}
             left = sum(max(0, requests - paused.rows.get(s, 0)) * rate[s] for s in per_request)
             return price * left / total
     return max(price - paused.seconds, RESUME_FLOOR * price)

@@ -7,6 +7,7 @@ arithmetic below is exact.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -185,8 +186,8 @@ def test_a_paused_stage_is_priced_less_its_spent_time_under_its_own_hash_only(tm
     write_json(tmp_path / "abl-other" / "paused.json", {"04": {"hash": "not-this-config", "seconds": 60.0}})
     paused = study_cost.paused_stages(tmp_path)
     assert paused == {
-        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None, None, None)},
-        "abl-other": {"04": ("not-this-config", 60.0, None, None, None)},
+        "abl-topk_1": {"04": (stages.stage_hash(cfg, "04"), pytest.approx(0.3 * M * 60), None, None, None, ())},
+        "abl-other": {"04": ("not-this-config", 60.0, None, None, None, ())},
     }
     assert study_cost.paused_stages(tmp_path / "missing") == {}
 
@@ -266,6 +267,27 @@ def test_an_unstarted_grpo_evaluation_is_priced_at_its_sft_starts_logged_speed(t
     append_jsonl(run.logs / "05_eval/mrrec-bbbbbbbbbbbb.jsonl", [{"qid": "q0", "latency_s": 5.0}])
     paused = paused._replace(rows=study_cost.logged_rows(run), latency=study_cost.logged_latency(run))
     assert study_cost.resumed_seconds(600.0, paused, work) == pytest.approx(600.0 * (4 * 6.0 + 9 * 5.0) / 100.0)
+
+
+def test_a_paused_evaluation_whose_grpo_kept_its_sft_start_prices_no_grpo_rows(tmp_path):
+    """Stage 05 reuses the SFT policy's answers for a GRPO policy that published step 0, so they cost nothing."""
+    from mrrec_lib.runs import RunPaths, append_jsonl
+    from mrrec_lib.train.checkpoints import POLICY_META, final_dir
+
+    run = RunPaths(tmp_path / "abl-local_records_only")
+    (run.logs / "05_eval").mkdir(parents=True)
+    append_jsonl(run.logs / "05_eval/mrrec_sft-aaaaaaaaaaaa.jsonl", [{"qid": f"q{i}", "latency_s": 6.0} for i in range(6)])
+    meta = final_dir(run, "grpo") / POLICY_META
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"base": {"which": "sft"}, "best_step": 4}))
+    assert study_cost.reused_systems(run) == ()
+    meta.write_text(json.dumps({"base": {"which": "sft"}, "best_step": 0}))
+    assert study_cost.reused_systems(run) == ("mrrec",)
+    stages.record_pause(run, "05", load_config(base_params(tmp_path, companion=False)), 100.0)
+    paused = study_cost.paused_stages(tmp_path)["abl-local_records_only"]["05"]
+    assert paused.reused == ("mrrec",)
+    work = (10, {"mrrec_sft": 6.0, "mrrec": 4.0})
+    assert study_cost.resumed_seconds(600.0, paused, work) == pytest.approx(600.0 * 4 * 6.0 / 100.0)
 
 
 def test_a_paused_training_stage_reports_its_newest_complete_checkpoint(tmp_path):
